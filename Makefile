@@ -1,0 +1,59 @@
+# Two commands do everything on a fresh machine: `make test` and `make demo`.
+# Each creates .venv if missing, installs what is missing, then runs. A second run skips set-up.
+#
+# GPU users: create .venv and install your own CUDA torch into it first, e.g.
+#   python3 -m venv .venv && .venv/bin/pip install torch --index-url https://download.pytorch.org/whl/cu128
+# `make` keeps any torch that already imports and installs the CPU build only when none does.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_SPEC ?= torch==2.13.0
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+# The stamp changes whenever pyproject.toml changes, so edits re-install and nothing else does.
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install test test-slow test-all demo lint format clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m "slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	@echo "The demo (a private federated run of a pretrained model on SMS spam) lands with issue 4."
+	@echo "Until then, here is the accounting it will use:"
+	$(VENV)/bin/dpfedlora epsilon --noise-multiplier 1.0 --sample-rate 0.01 --steps 1000 --delta 1e-5
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check accounting dpfedlora tests examples benchmarks
+	$(VENV)/bin/ruff format --check accounting dpfedlora tests examples benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format accounting dpfedlora tests examples
+	$(VENV)/bin/ruff check --fix accounting dpfedlora tests examples
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

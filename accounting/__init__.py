@@ -1,0 +1,59 @@
+"""Torch-free privacy accounting for dpfedlora.
+
+Events describe releases, accountants (prv, pld, rdp) turn them into (ε, δ) upper bounds,
+calibration finds the noise for a target ε, and the ledger records every release before it
+happens. This package never imports torch or opacus (a test checks it).
+
+>>> from accounting import dpsgd_event, make_accountant
+>>> event = dpsgd_event(noise_multiplier=1.0, sampling_rate=0.01, steps=1000)
+>>> acc = make_accountant("rdp").compose(event)
+>>> round(acc.epsilon(1e-5), 2)
+2.1
+"""
+
+from .accountant import Accountant
+from .backends import BACKENDS, available_backends, make_accountant, register_backend
+from .calibrate import Calibration, CalibrationError, calibrate_dpsgd, noise_multiplier_for
+from .events import (
+    EVENT_TYPES,
+    Composed,
+    Event,
+    EventFormatError,
+    Gaussian,
+    NonPrivate,
+    PoissonSampled,
+    SelfComposed,
+    dpsgd_event,
+    event_from_json,
+    event_to_json,
+)
+from .ledger import SCOPES, BudgetExceededError, Ledger, LedgerError, LedgerWarning, Record
+
+__all__ = [
+    "Accountant",
+    "BACKENDS",
+    "available_backends",
+    "make_accountant",
+    "register_backend",
+    "Calibration",
+    "CalibrationError",
+    "calibrate_dpsgd",
+    "noise_multiplier_for",
+    "EVENT_TYPES",
+    "Composed",
+    "Event",
+    "EventFormatError",
+    "Gaussian",
+    "NonPrivate",
+    "PoissonSampled",
+    "SelfComposed",
+    "dpsgd_event",
+    "event_from_json",
+    "event_to_json",
+    "SCOPES",
+    "BudgetExceededError",
+    "Ledger",
+    "LedgerError",
+    "LedgerWarning",
+    "Record",
+]

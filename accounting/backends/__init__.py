@@ -1,0 +1,56 @@
+"""Registry of accountant backends.
+
+Each backend lives in its own module and imports its third-party library only when that module
+is loaded, so ``make_accountant("rdp")`` never pays for importing prv-accountant (and no backend
+ever imports torch). Register new backends with :func:`register_backend`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from ..accountant import Accountant
+
+__all__ = ["BACKENDS", "register_backend", "make_accountant", "available_backends"]
+
+# name -> zero-argument loader returning the Accountant subclass.
+BACKENDS: dict[str, Callable[[], type[Accountant]]] = {}
+
+
+def register_backend(
+    name: str, loader: Callable[[], type[Accountant]], *, force: bool = False
+) -> None:
+    """Register ``loader`` (returns an Accountant class) under ``name``."""
+    if name in BACKENDS and not force:
+        raise ValueError(
+            f"accountant backend {name!r} is already registered. Pass force=True to replace it."
+        )
+    BACKENDS[name] = loader
+
+
+def _module_loader(module: str, cls: str) -> Callable[[], type[Accountant]]:
+    def load() -> type[Accountant]:
+        return getattr(importlib.import_module(module, __name__), cls)
+
+    return load
+
+
+register_backend("prv", _module_loader(".prv", "PRVBackend"))
+register_backend("pld", _module_loader(".pld", "PLDBackend"))
+register_backend("rdp", _module_loader(".rdp", "RDPBackend"))
+
+
+def available_backends() -> list[str]:
+    return sorted(BACKENDS)
+
+
+def make_accountant(name: str = "prv", **options: object) -> Accountant:
+    """A fresh accountant of backend ``name`` ("prv", "pld" or "rdp")."""
+    try:
+        loader = BACKENDS[name]
+    except KeyError:
+        raise ValueError(
+            f"`accountant` must be one of {', '.join(available_backends())}. Found {name!r}."
+        ) from None
+    return loader()(**options)

@@ -1,0 +1,275 @@
+"""The privacy ledger: an append-only, fsync'd JSONL file of releases.
+
+One line per release::
+
+    {"client": "3", "round": 2, "scope": "train", "event": {"type": "SelfComposed", ...}}
+
+Write-ahead protocol: a release is appended (and fsync'd) **before** the private data is touched,
+so a crash can over-count spending but never under-count it. Replay rebuilds ε per client by
+composing that client's events with a fresh accountant; events are data, so replay is exact.
+
+Corruption policy:
+* a truncated **last** line (a crash while writing) is reported with a warning. Its release never
+  started (data is touched only after the append returned), so it is not counted; the file is
+  never rewritten. The next append first terminates the fragment and writes a marker
+  ``{"repaired_truncated_line": N}`` so the evidence stays in the file and later loads accept it;
+* any other line that is not a valid record is an error naming its line number;
+* unknown fields are rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .accountant import check_delta
+from .backends import make_accountant
+from .events import Composed, Event, EventFormatError, event_from_json, event_to_json
+
+__all__ = [
+    "Record",
+    "Ledger",
+    "LedgerError",
+    "LedgerWarning",
+    "BudgetExceededError",
+    "SCOPES",
+]
+
+# What a release was for. "train": local DP-SGD steps; "init": a private, data-dependent
+# initialisation (Fed-SB gradient SVD); "audit": canary training in a privacy audit.
+SCOPES: tuple[str, ...] = ("train", "init", "audit")
+_FIELDS = ("client", "round", "scope", "event")
+_MARKER = "repaired_truncated_line"
+
+
+class LedgerError(ValueError):
+    """The ledger file is corrupt or a record is invalid."""
+
+
+class LedgerWarning(UserWarning):
+    """Something in the ledger needs attention but spending is still bounded."""
+
+
+class BudgetExceededError(RuntimeError):
+    """A planned release would take a client's ε above its budget."""
+
+    def __init__(
+        self,
+        *,
+        client: str,
+        current_epsilon: float,
+        planned_epsilon: float,
+        budget: float,
+        delta: float,
+    ) -> None:
+        self.client = client
+        self.current_epsilon = current_epsilon
+        self.planned_epsilon = planned_epsilon
+        self.budget = budget
+        self.delta = delta
+        super().__init__(
+            f"client {client!r}: the planned release would raise ε from {current_epsilon:.4f} to "
+            f"{planned_epsilon:.4f}, above the budget {budget:g} (δ={delta:g}). "
+            "Skip this client, or raise the budget."
+        )
+
+
+@dataclass(frozen=True)
+class Record:
+    client: str
+    round: int
+    scope: str
+    event: Event
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.client, str) or not self.client:
+            raise LedgerError(f"`client` must be a non-empty string. Found {self.client!r}.")
+        if isinstance(self.round, bool) or not isinstance(self.round, int) or self.round < 0:
+            raise LedgerError(f"`round` must be an integer >= 0. Found {self.round!r}.")
+        if self.scope not in SCOPES:
+            raise LedgerError(f"`scope` must be one of {', '.join(SCOPES)}. Found {self.scope!r}.")
+        if not isinstance(self.event, Event):
+            raise LedgerError(f"`event` must be an accounting Event. Found {self.event!r}.")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client": self.client,
+            "round": self.round,
+            "scope": self.scope,
+            "event": event_to_json(self.event),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Record:
+        if not isinstance(data, dict):
+            raise LedgerError(f"a record must be a JSON object. Found {type(data).__name__}.")
+        unknown = set(data) - set(_FIELDS)
+        if unknown:
+            raise LedgerError(f"unknown field(s) {sorted(unknown)}. Allowed: {', '.join(_FIELDS)}.")
+        missing = [f for f in _FIELDS if f not in data]
+        if missing:
+            raise LedgerError(f"missing field(s) {missing}.")
+        try:
+            event = event_from_json(data["event"])
+        except EventFormatError as exc:
+            raise LedgerError(str(exc)) from exc
+        return cls(client=data["client"], round=data["round"], scope=data["scope"], event=event)
+
+
+class Ledger:
+    """Append-only JSONL privacy ledger with per-client replay and budget checks.
+
+    Args:
+        path: the JSONL file (created on first append).
+        accountant: backend used for replay ("prv", "pld", "rdp").
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, accountant: str = "prv") -> None:
+        self.path = Path(path)
+        self.accountant = accountant
+        make_accountant(accountant)  # fail fast on an unknown backend name
+        self.records: list[Record] = []
+        self.truncated_line: int | None = None  # 1-based line number of an unrepaired fragment
+        self._n_lines = 0
+        self._cache: dict[tuple[str, int, float], float] = {}
+        if self.path.exists():
+            self._load()
+
+    # ---------------------------------------------------------------- reading
+    def _load(self) -> None:
+        raw = self.path.read_bytes()
+        ends_clean = raw.endswith(b"\n") or not raw
+        lines = raw.decode("utf-8", errors="replace").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        self._n_lines = len(lines)
+        pending_fragment: int | None = None
+        for i, line in enumerate(lines, start=1):
+            is_last = i == len(lines)
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                if is_last and not ends_clean:
+                    self.truncated_line = i
+                    warnings.warn(
+                        f"{self.path}: line {i} is truncated (a crash while writing). Its release "
+                        "never started (the ledger is written before data is touched), so it is "
+                        "not counted; the next append marks it repaired.",
+                        LedgerWarning,
+                        stacklevel=3,
+                    )
+                    return
+                pending_fragment = i
+                continue
+            if isinstance(data, dict) and set(data) == {_MARKER}:
+                if pending_fragment is None or data[_MARKER] != pending_fragment:
+                    raise LedgerError(
+                        f"{self.path}: line {i}: repair marker names no truncated line."
+                    )
+                pending_fragment = None
+                continue
+            if pending_fragment is not None:
+                raise LedgerError(
+                    f"{self.path}: line {pending_fragment} is not valid JSON. Only a truncated "
+                    "last line can be recovered; restore the file from a backup."
+                )
+            try:
+                self.records.append(Record.from_json(data))
+            except LedgerError as exc:
+                raise LedgerError(f"{self.path}: line {i}: {exc}") from None
+        if pending_fragment is not None:
+            raise LedgerError(f"{self.path}: line {pending_fragment} is not valid JSON.")
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def clients(self) -> list[str]:
+        return sorted({r.client for r in self.records}, key=_client_sort_key)
+
+    def events(self, client: str) -> list[Event]:
+        return [r.event for r in self.records if r.client == client]
+
+    # ---------------------------------------------------------------- accounting
+    def _epsilon_of(self, events: list[Event], delta: float) -> float:
+        if not events:
+            return 0.0
+        return make_accountant(self.accountant).compose(Composed(tuple(events))).epsilon(delta)
+
+    def epsilon(self, client: str, *, delta: float) -> float:
+        """ε upper bound spent by ``client`` so far, at ``delta``."""
+        check_delta(delta)
+        events = self.events(client)
+        key = (client, len(events), delta)
+        if key not in self._cache:
+            self._cache[key] = self._epsilon_of(events, delta)
+        return self._cache[key]
+
+    def epsilons(self, *, delta: float) -> dict[str, float]:
+        return {c: self.epsilon(c, delta=delta) for c in self.clients}
+
+    def max_epsilon(self, *, delta: float) -> float:
+        return max(self.epsilons(delta=delta).values(), default=0.0)
+
+    def check(self, client: str, planned: Event, *, budget: float, delta: float) -> float:
+        """ε the client would have after ``planned``; raises if that exceeds ``budget``.
+
+        Raises:
+            BudgetExceededError: naming the client, current ε, planned ε and budget.
+        """
+        current = self.epsilon(client, delta=delta)
+        after = self._epsilon_of(self.events(client) + [planned], delta)
+        if after > budget:
+            raise BudgetExceededError(
+                client=client,
+                current_epsilon=current,
+                planned_epsilon=after,
+                budget=budget,
+                delta=delta,
+            )
+        return after
+
+    # ---------------------------------------------------------------- writing
+    def append(self, record: Record) -> None:
+        """Durably append one release (write + flush + fsync) before the caller touches data."""
+        if not isinstance(record, Record):
+            raise TypeError(f"`record` must be a Record. Found {type(record).__name__}.")
+        line = json.dumps(record.to_json(), sort_keys=False) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        prefix = ""
+        if self.truncated_line is not None:
+            prefix = "\n" + json.dumps({_MARKER: self.truncated_line}) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(prefix + line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if self.truncated_line is not None:
+            self._n_lines += 1
+            self.truncated_line = None
+        self._n_lines += 1
+        self.records.append(record)
+
+    def record(self, client: str, round: int, scope: str, event: Event) -> Record:
+        rec = Record(client=str(client), round=round, scope=scope, event=event)
+        self.append(rec)
+        return rec
+
+    def spend(
+        self, client: str, round: int, scope: str, event: Event, *, budget: float, delta: float
+    ) -> float:
+        """Write-ahead spending: check the budget, then append. Returns ε after the release."""
+        after = self.check(str(client), event, budget=budget, delta=delta)
+        self.record(str(client), round, scope, event)
+        return after
+
+
+def _client_sort_key(c: str) -> tuple[int, int | str]:
+    return (0, int(c)) if c.isdigit() else (1, c)

@@ -1,0 +1,26 @@
+"""dpfedlora: differentially private federated fine-tuning with LoRA-family adapters.
+
+The package is imported lazily: ``import dpfedlora`` does not import torch, so the accounting
+verbs of the CLI start in well under a second. Training names load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (loaded on first attribute access, PEP 562)
+_LAZY: dict[str, str] = {}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dpfedlora' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

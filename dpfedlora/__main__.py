@@ -1,0 +1,5 @@
+import sys
+
+from dpfedlora.cli import main
+
+sys.exit(main())

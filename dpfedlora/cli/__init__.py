@@ -1,0 +1,58 @@
+"""The ``dpfedlora`` command line.
+
+Verbs are registered in ``VERBS`` (name -> module). Each verb module defines
+``add_parser(subparsers)`` and must not import torch at module level, so building the parser
+(and ``--help``) stays fast; training verbs import torch inside their handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "VERBS", "CLIError", "OneLineParser"]
+
+VERBS: dict[str, str] = {
+    "epsilon": "dpfedlora.cli.account",
+    "calibrate": "dpfedlora.cli.account",
+    "ledger": "dpfedlora.cli.account",
+}
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the flag and the value, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="dpfedlora",
+        description="Differentially private federated fine-tuning with LoRA-family adapters.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
+    sub.required = True
+    for module in dict.fromkeys(VERBS.values()):
+        importlib.import_module(module).add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except CLIError as exc:
+        print(f"dpfedlora {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
