@@ -18,6 +18,7 @@ VERBS: dict[str, str] = {
     "epsilon": "dpfedlora.cli.account",
     "calibrate": "dpfedlora.cli.account",
     "ledger": "dpfedlora.cli.account",
+    "run": "dpfedlora.cli.run",
 }
 
 

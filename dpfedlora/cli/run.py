@@ -1,0 +1,70 @@
+"""``dpfedlora run CONFIG``: a private federated fine-tuning run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from . import CLIError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a (private) federated fine-tuning from a YAML config")
+    p.add_argument("config", metavar="CONFIG", help="YAML config (see configs/)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set method.name=fedsb --set server.rounds=4",
+    )
+    p.add_argument("--out", help="run directory (default runs/<name>-<method>-<config hash>)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument(
+        "--until-round",
+        type=int,
+        help="stop cleanly after this round (continue later with --resume)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
+    p.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..config import ConfigError, load_config
+    from ..federation import RunError, run
+    from ..preflight import PreflightError
+    from ..rundir import config_hash, json_safe
+
+    if not Path(args.config).is_file():
+        raise CLIError(f"argument CONFIG: no such file: {args.config!r}.")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    out = args.out or f"runs/{cfg.name}-{cfg.method.name}-{config_hash(cfg)[:8]}"
+    try:
+        summary = run(
+            cfg,
+            out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            until_round=args.until_round,
+        )
+    except (ConfigError, RunError, PreflightError) as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        print(json.dumps(json_safe(summary)))
+    else:
+        final = summary["final"]
+        eps = summary["max_epsilon"]
+        print(
+            f"done: {summary['rounds_completed']} rounds ({summary['stopped_reason']}), "
+            f"max ε = {eps:.3f} at δ = {summary['delta']:g}, "
+            + ", ".join(f"{k} {v:.3f}" for k, v in final.items() if isinstance(v, float))
+            + f" -> {out}"
+        )
+    return 0

@@ -1,0 +1,315 @@
+"""One typed, frozen config tree loaded from YAML with dotted command-line overrides.
+
+``Experiment(seed, model, data, method, privacy, train, server)``. YAML keys equal field names.
+Unknown keys and wrong types are errors that name the key, the value and what is allowed.
+Method-specific keys live under ``method`` and are validated by the method's own config class
+(looked up in the method registry by ``method.name``).
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "DataConfig",
+    "PartitionConfig",
+    "PrivacyConfig",
+    "TrainConfig",
+    "ServerConfig",
+    "MethodConfig",
+    "Experiment",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "parse_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid."""
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "builtin:tiny-bert"  # builtin:tiny-bert | builtin:tiny-llama | a HF id or path
+    task: str = "classification"  # classification | causal_lm
+    target_modules: tuple[str, ...] = ()  # empty: detected from the architecture
+    train_head: bool = True  # classification head trained, sent and clipped with the adapters
+    num_labels: int = 2
+    max_length: int = 32  # tokens per example (padding/truncation)
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    kind: str = "iid"  # iid | dirichlet
+    alpha: float = 1.0  # Dirichlet concentration on the label (smaller = more skewed)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "builtin:synthetic"
+    num_examples: int = 1200  # synthetic only
+    eval_fraction: float = 0.2  # held-out share when the data has no split
+    num_clients: int = 4
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Keys shared by every method; each method subclasses this with its own keys."""
+
+    name: str = "ffa"
+    rank: int = 4
+    alpha: float = 8.0  # LoRA scale s = alpha / rank (alpha / sqrt(rank) with rslora)
+    rslora: bool = False
+    weighting: str = "shard_size"  # shard_size | uniform: aggregation weights p_k
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError(f"`method.rank` must be a positive integer. Found {self.rank!r}.")
+        if self.weighting not in ("shard_size", "uniform"):
+            raise ConfigError(
+                f"`method.weighting` must be shard_size or uniform. Found {self.weighting!r}."
+            )
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    mode: str = "sample"  # none | sample (record-level DP-SGD on each client)
+    target_epsilon: float | None = 8.0  # calibrate σ to this (per client, whole run); or give σ
+    noise_multiplier: float | None = None  # σ = noise std / clip norm; overrides calibration
+    delta: float = 1e-5
+    clip_norm: float = 1.0  # per-sample L2 clip C on exactly the trainable (sent) tensors
+    accountant: str = "prv"  # prv | pld | rdp
+    grad_sample_mode: str = "hooks"  # hooks | ghost
+    secure_mode: bool = False  # Opacus secure RNG for noise (slower; needed for real deployments)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("none", "sample"):
+            raise ConfigError(f"`privacy.mode` must be none or sample. Found {self.mode!r}.")
+        if self.grad_sample_mode not in ("hooks", "ghost"):
+            raise ConfigError(
+                "`privacy.grad_sample_mode` must be hooks or ghost. "
+                f"Found {self.grad_sample_mode!r}."
+            )
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"`privacy.delta` must be in (0, 1). Found {self.delta!r}.")
+        if not self.clip_norm > 0:
+            raise ConfigError(f"`privacy.clip_norm` must be > 0. Found {self.clip_norm!r}.")
+        if self.mode == "sample" and self.noise_multiplier is None and self.target_epsilon is None:
+            raise ConfigError(
+                "`privacy.mode=sample` needs `privacy.target_epsilon` or "
+                "`privacy.noise_multiplier`. Found neither."
+            )
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise ConfigError(
+                f"`privacy.noise_multiplier` must be > 0. Found {self.noise_multiplier!r}. "
+                "Use privacy.mode=none for non-private training."
+            )
+        if self.target_epsilon is not None and not self.target_epsilon > 0:
+            raise ConfigError(
+                f"`privacy.target_epsilon` must be > 0. Found {self.target_epsilon!r}."
+            )
+
+    @property
+    def private(self) -> bool:
+        return self.mode != "none"
+
+    @property
+    def budget(self) -> float:
+        """ε each client may spend; infinite when only σ is given (tracked, not capped)."""
+        return math.inf if self.target_epsilon is None else float(self.target_epsilon)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_steps: int = 4  # DP-SGD steps per client per round (used when local_epochs is 0)
+    local_epochs: float = 0.0  # if > 0: steps = ceil(local_epochs / q)
+    batch_size: int = 32  # expected (Poisson) batch size; q = batch_size / shard size
+    lr: float = 0.05
+    optimizer: str = "sgd"  # sgd | adamw
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    rounds: int = 2
+    clients_per_round: int = 0  # 0 = all clients every round
+
+
+@dataclass(frozen=True)
+class Experiment:
+    seed: int = 0
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+
+# ----------------------------------------------------------------------------- conversion
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"`{key}` must be {' or '.join(map(_type_name, args))}. Found {value!r}.")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"`{key}` must be a list. Found {value!r}.")
+        return tuple(_coerce(v, args[0], key) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"`{key}` must be a mapping. Found {value!r}.")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"`{key}` must be true or false. Found {value!r}.")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"`{key}` must be an integer. Found {value!r}.")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", ".inf"):
+            return math.inf
+        raise ConfigError(f"`{key}` must be a number. Found {value!r}.")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"`{key}` must be a string. Found {value!r}.")
+    if is_dataclass(tp):
+        return from_dict(tp, value, prefix=key)
+    raise ConfigError(f"`{key}`: unsupported config type {tp!r}.")  # pragma: no cover
+
+
+def from_dict(cls: type, data: Any, *, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"`{prefix or 'config'}` must be a mapping. Found {data!r}.")
+    if cls is MethodConfig or (isinstance(cls, type) and issubclass(cls, MethodConfig)):
+        from .methods import method_config_class
+
+        cls = method_config_class(str(data.get("name", MethodConfig.name)))
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key `{where}{unknown[0]}`. Allowed under "
+            f"`{prefix or 'top level'}`: {', '.join(sorted(names))}."
+        )
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"`{prefix or 'config'}`: {exc}") from exc
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data view of a config (inverse of from_dict), for YAML and hashing."""
+    if is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj) if f.init}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, float) and math.isinf(obj):
+        return "inf"
+    return obj
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["method.name=ffa", "server.rounds=3"]`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override must look like key=value. Found {pair!r}.")
+        key, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r} conflicts with another override.")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> Experiment:
+    """Load an Experiment from YAML (or defaults) and apply dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path}: the top level must be a mapping. Found {type(data).__name__}."
+            )
+    if overrides:
+        over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        if "method" in over and "name" in over["method"] and "method" in data:
+            # switching method keeps only the shared keys of the old method section
+            shared = {f.name for f in fields(MethodConfig)}
+            data = dict(data, method={k: v for k, v in data["method"].items() if k in shared})
+        data = _merge(data, over)
+    return from_dict(Experiment, data)
+
+
+def with_updates(cfg: Experiment, **sections: Any) -> Experiment:
+    """``with_updates(cfg, server={"rounds": 4})``: a modified copy, validated."""
+    data = to_dict(cfg)
+    return from_dict(Experiment, _merge(data, sections))

@@ -1,0 +1,65 @@
+"""Evaluation metrics of the global model on held-out data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import TensorData
+
+__all__ = ["evaluate", "classification_metrics"]
+
+
+def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) -> dict[str, float]:
+    """Accuracy, balanced accuracy (mean per-class recall) and macro-F1, plus the majority
+    baseline (the accuracy of always predicting the most frequent class)."""
+    acc = float(np.mean(pred == true)) if len(true) else math.nan
+    recalls, f1s = [], []
+    for c in range(num_labels):
+        tp = np.sum((pred == c) & (true == c))
+        support = np.sum(true == c)
+        predicted = np.sum(pred == c)
+        if support:
+            recalls.append(tp / support)
+        prec = tp / predicted if predicted else 0.0
+        rec = tp / support if support else 0.0
+        if support or predicted:
+            f1s.append(0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec))
+    majority = (
+        float(np.max(np.bincount(true, minlength=num_labels)) / len(true)) if len(true) else 0
+    )
+    return {
+        "accuracy": acc,
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else math.nan,
+        "macro_f1": float(np.mean(f1s)) if f1s else math.nan,
+        "majority_baseline": majority,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: TensorData, *, task: str, num_labels: int, batch_size: int = 256
+) -> dict[str, float]:
+    from .client import LOSSES
+
+    was_training = model.training
+    model.eval()
+    losses, preds = [], []
+    for start in range(0, len(data), batch_size):
+        batch = data.subset(torch.arange(start, min(start + batch_size, len(data))))
+        losses.append(LOSSES[task](model, batch))
+        if task == "classification":
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            preds.append(logits.argmax(-1))
+    model.train(was_training)
+    loss = float(torch.cat(losses).mean()) if losses else math.nan
+    out = {"loss": loss}
+    if task == "classification":
+        pred = torch.cat(preds).numpy()
+        out.update(classification_metrics(pred, data.labels.numpy(), num_labels))
+    else:
+        out["perplexity"] = math.exp(min(loss, 50.0))
+    return out

@@ -1,0 +1,148 @@
+"""FlexLoRA: heterogeneous client ranks, full-size aggregate, SVD redistribution (Bai et al.,
+NeurIPS 2024, arXiv:2402.11505).
+
+Client k trains A_k (r_k x in), B_k (out x r_k) with its own scale s_k = alpha / r_k. Server:
+ΔW_g = Σ p_k s_k B_k A_k (full size, exact), then each client receives the official split of
+trunc_{r_k}(ΔW_g): B_k = U[:, :r_k] diag(S[:r_k]) / s_k, A_k = Vᵀ[:r_k] (all singular values in
+B). W0 is never updated. The global (evaluated) model is W0 + ΔW_g.
+
+One shared model serves all ranks: adapters are allocated at max r_k, a client's unused rank
+directions are zero in both A and B (so their gradients are exactly zero and the per-sample clip
+norm is computed on the released directions only), and ``after_step`` re-zeros them after the
+DP noise. Only the first r_k directions are uploaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..aggregation import Tensors, delta_weight, lora_scaling, normalize_weights, truncated_split
+from ..config import ConfigError, MethodConfig
+from .base import ClientSpec, LoRAMethod, clone, register_method
+
+
+@dataclass(frozen=True)
+class FlexLoRAConfig(MethodConfig):
+    name: str = "flexlora"
+    # Per-client ranks, cycled over clients. Empty: alternate rank and rank // 2 (heterogeneous).
+    ranks: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if any(r < 1 for r in self.ranks):
+            raise ConfigError(f"`method.ranks` must be positive integers. Found {self.ranks!r}.")
+
+
+@register_method
+class FlexLoRA(LoRAMethod):
+    name = "flexlora"
+    config_cls = FlexLoRAConfig
+    TRAINABLE = ("lora_A", "lora_B")
+
+    def _ranks(self) -> tuple[int, ...]:
+        return self.cfg.ranks or (self.cfg.rank, max(1, self.cfg.rank // 2))
+
+    def max_rank(self) -> int:
+        return max(self._ranks())
+
+    def client_rank(self, index: int, num_examples: int) -> int:
+        ranks = self._ranks()
+        return ranks[index % len(ranks)]
+
+    def scaling(self, client: ClientSpec | None = None) -> float:
+        rank = client.rank if client is not None else self.max_rank()
+        return lora_scaling(self.cfg.alpha, rank, self.cfg.rslora)
+
+    # The global state is ΔW_g per layer (key "delta/<layer>") plus the head and the shared
+    # initial A (used while ΔW_g is still zero, i.e. before the first aggregation).
+    def init_state(self) -> Tensors:
+        params = dict(self.model.named_parameters())
+        state = {n: params[n].detach().clone() for n in self.head}
+        for layer in self.layers:
+            state[layer.a] = params[layer.a].detach().clone()
+            w = params[layer.base]
+            state[f"delta/{layer.name}"] = torch.zeros_like(w)
+        self.base0 = {layer.base: params[layer.base].detach().clone() for layer in self.layers}
+        return state
+
+    def client_view(self, state: Tensors, client: ClientSpec, round_idx: int) -> Tensors:
+        view = {n: state[n].clone() for n in self.head}
+        rmax, r = self.max_rank(), client.rank
+        s = self.scaling(client)
+        for layer in self.layers:
+            delta = state[f"delta/{layer.name}"]
+            if not torch.any(delta):
+                a = state[layer.a].clone()
+                b = torch.zeros(layer.out_features, rmax)
+            else:
+                b_r, a_r = truncated_split(delta, r, s, fan_in_fan_out=layer.fan_in_fan_out)
+                b = torch.zeros(layer.out_features, rmax)
+                a = torch.zeros(rmax, layer.in_features)
+                b[:, :r], a[:r] = b_r, a_r
+            a[r:] = 0.0
+            b[:, r:] = 0.0
+            view[layer.a], view[layer.b] = a, b
+            view[layer.base] = self.base0[layer.base].clone()
+        return view
+
+    def after_step(self, params: dict[str, nn.Parameter], client: ClientSpec) -> None:
+        r = client.rank
+        with torch.no_grad():
+            for layer in self.layers:
+                params[layer.a][r:] = 0.0
+                params[layer.b][:, r:] = 0.0
+
+    def payload(
+        self, trained: Tensors, received: Tensors, client: ClientSpec, round_idx: int
+    ) -> Tensors:
+        out = {n: trained[n].clone() for n in self.head}
+        for layer in self.layers:
+            out[layer.a] = trained[layer.a][: client.rank].clone()
+            out[layer.b] = trained[layer.b][:, : client.rank].clone()
+        return out
+
+    def aggregate(
+        self,
+        payloads: Sequence[Tensors],
+        weights: Sequence[float],
+        state: Tensors,
+        clients: Sequence[ClientSpec],
+        round_idx: int,
+    ) -> Tensors:
+        new = clone(state)
+        p = normalize_weights(weights)
+        for n in self.head:
+            new[n] = sum(w * pl[n] for w, pl in zip(p, payloads))
+        for layer in self.layers:
+            new[f"delta/{layer.name}"] = sum(
+                w
+                * delta_weight(
+                    pl[layer.b], pl[layer.a], self.scaling(c), fan_in_fan_out=layer.fan_in_fan_out
+                )
+                for w, pl, c in zip(p, payloads, clients)
+            )
+        return new
+
+    def eval_view(self, state: Tensors) -> Tensors:
+        view = {n: state[n].clone() for n in self.head}
+        for layer in self.layers:
+            view[layer.base] = self.base0[layer.base] + state[f"delta/{layer.name}"]
+            view[layer.a] = torch.zeros(self.max_rank(), layer.in_features)
+            view[layer.b] = torch.zeros(layer.out_features, self.max_rank())
+        return view
+
+    def download_numel(self, state: Tensors, client: ClientSpec, round_idx: int) -> int:
+        per_layer = sum(client.rank * (lay.in_features + lay.out_features) for lay in self.layers)
+        return per_layer + sum(state[n].numel() for n in self.head)
+
+    def effective_deltas(self, view: Tensors, client: ClientSpec | None = None) -> Tensors:
+        if client is None:  # a global/eval view: the change sits in the base weight
+            return {layer.name: view[layer.base] - self.base0[layer.base] for layer in self.layers}
+        return super().effective_deltas(view, client)
+
+    def delta_state(self, state: Tensors) -> Tensors:
+        return {layer.name: state[f"delta/{layer.name}"] for layer in self.layers}

@@ -1,0 +1,87 @@
+"""Direct weight averaging of the target modules' full weights (Mahla & Ramakrishnan,
+arXiv:2410.23111), optionally with a GaLore local optimizer.
+
+Clients train W of each target module (and the head) and send the change W_k − W; the server
+adds Σ p_k (W_k − W). Exact (FedAvg) and linear in the DP noise, but the noise lives in d x k
+dimensions per module, so the signal-to-noise ratio is poor under DP.
+
+GaLore (Zhao et al. 2024) keeps Adam state in a rank-r projection of each 2-D gradient. Under DP
+the projector is computed from the already-noised gradient, which is post-processing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..adapters import layers_without_lora
+from ..aggregation import Tensors, normalize_weights
+from ..config import ConfigError, MethodConfig
+from ..models import BuiltModel
+from .base import ClientSpec, Method, clone, register_method
+
+OPTIMIZERS = ("adamw", "galore", "sgd")
+
+
+@dataclass(frozen=True)
+class FullConfig(MethodConfig):
+    name: str = "full"
+    local_optimizer: str = "adamw"  # adamw | galore | sgd
+    galore_rank: int = 4  # rank of GaLore's gradient projection
+    galore_update_proj_gap: int = 50  # steps between projector refreshes
+    galore_scale: float = 1.0  # multiplies the projected-back update
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.local_optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"`method.local_optimizer` must be one of {', '.join(OPTIMIZERS)}. "
+                f"Found {self.local_optimizer!r}."
+            )
+
+
+@register_method
+class Full(Method):
+    name = "full"
+    config_cls = FullConfig
+
+    def setup(self, built: BuiltModel, *, train_head: bool) -> nn.Module:
+        self.layers, head = layers_without_lora(built)
+        self.head = head if train_head else ()
+        self.model = built.model
+        return self.model
+
+    def managed_names(self) -> list[str]:
+        return [layer.base for layer in self.layers] + list(self.head)
+
+    def trainable(self, param_name: str, round_idx: int) -> bool:
+        return param_name in self.head or any(param_name == layer.base for layer in self.layers)
+
+    def payload(
+        self, trained: Tensors, received: Tensors, client: ClientSpec, round_idx: int
+    ) -> Tensors:
+        return {n: trained[n] - received[n] for n in trained}
+
+    def aggregate(
+        self,
+        payloads: Sequence[Tensors],
+        weights: Sequence[float],
+        state: Tensors,
+        clients: Sequence[ClientSpec],
+        round_idx: int,
+    ) -> Tensors:
+        new = clone(state)
+        p = normalize_weights(weights)
+        for n in payloads[0]:
+            new[n] = state[n] + sum(w * pl[n] for w, pl in zip(p, payloads))
+        return new
+
+    def effective_deltas(self, view: Tensors, client: ClientSpec | None = None) -> Tensors:
+        return {layer.name: view[layer.base] - self.base0[layer.base] for layer in self.layers}
+
+    def init_state(self) -> Tensors:
+        state = super().init_state()
+        self.base0 = {layer.base: state[layer.base].clone() for layer in self.layers}
+        return state
