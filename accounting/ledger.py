@@ -266,8 +266,11 @@ class Ledger:
         self, client: str, round: int, scope: str, event: Event, *, budget: float, delta: float
     ) -> float:
         """Write-ahead spending: check the budget, then append. Returns ε after the release."""
-        after = self.check(str(client), event, budget=budget, delta=delta)
-        self.record(str(client), round, scope, event)
+        client = str(client)
+        after = self.check(client, event, budget=budget, delta=delta)
+        self.record(client, round, scope, event)
+        # the check already composed exactly these events: reuse it for later replays
+        self._cache[(client, len(self.events(client)), delta)] = after
         return after
 
 

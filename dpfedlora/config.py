@@ -202,8 +202,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", ".inf"):
-            return math.inf
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-5" (no dot) as a string; "inf" means infinity (non-private).
+            try:
+                return float(value.strip().lower().replace(".inf", "inf"))
+            except ValueError:
+                pass
         raise ConfigError(f"`{key}` must be a number. Found {value!r}.")
     if tp is str:
         if isinstance(value, str):

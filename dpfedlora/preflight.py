@@ -33,8 +33,14 @@ def check_model(model: nn.Module, trainable: list[str]) -> None:
     if checkpointing is None:  # transformers < 5 naming
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
     if checkpointing:
-        kwargs = getattr(model, "_gradient_checkpointing_kwargs", None) or {}
-        if not kwargs.get("use_reentrant", False):
+        # transformers stores the checkpoint function as functools.partial(checkpoint, **kwargs)
+        # on each checkpointed module; a missing use_reentrant counts as non-reentrant.
+        reentrant = [
+            getattr(m._gradient_checkpointing_func, "keywords", {}).get("use_reentrant", False)
+            for m in model.modules()
+            if hasattr(m, "_gradient_checkpointing_func")
+        ]
+        if not reentrant or not all(reentrant):
             raise PreflightError(
                 "gradient checkpointing with use_reentrant=False breaks Opacus's per-sample "
                 "gradients. Use gradient_checkpointing_enable(gradient_checkpointing_kwargs="

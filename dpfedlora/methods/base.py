@@ -207,3 +207,31 @@ def make_method(cfg: MethodConfig, *, seed: int) -> Method:
 
 def select(t: Tensors, keep: Callable[[str], bool]) -> Tensors:
     return {k: v for k, v in t.items() if keep(k)}
+
+
+def aggregation_gap(
+    method: Method,
+    client_views: Sequence[Tensors],
+    client_specs: Sequence[ClientSpec],
+    weights: Sequence[float],
+    new_state: Tensors,
+) -> float:
+    """Relative Frobenius gap between the aggregated model's effective ΔW and the weighted mean
+    of the clients' effective ΔW (after local training), summed over adapted layers:
+
+        ‖ΔW_global − Σ_k p_k ΔW_k‖ / max(‖Σ_k p_k ΔW_k‖, tiny)
+
+    Zero (to float precision) for exact methods; FedIT's inexactness shows up here.
+    ``client_views`` are each client's received view updated with its trained tensors.
+    """
+    from ..aggregation import normalize_weights
+
+    p = normalize_weights(weights)
+    target: Tensors = {}
+    for w, view, spec in zip(p, client_views, client_specs):
+        for name, d in method.effective_deltas(view, spec).items():
+            target[name] = target.get(name, 0) + w * d.double()
+    glob = method.effective_deltas(method.eval_view(new_state), None)
+    num = sum(float((glob[n].double() - target[n]).pow(2).sum()) for n in target)
+    den = sum(float(target[n].pow(2).sum()) for n in target)
+    return (num**0.5) / max(den**0.5, 1e-30)

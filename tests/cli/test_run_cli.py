@@ -1,0 +1,50 @@
+import json
+import subprocess
+import sys
+
+from tests.helpers import TINY
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "dpfedlora", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def test_run_cli_json_summary(tmp_path):
+    out = run_cli(
+        "run",
+        str(TINY),
+        "--set",
+        "method.name=fedsb",
+        "--set",
+        "train.local_steps=2",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["method"] == "fedsb" and summary["rounds_completed"] == 2
+    assert summary["max_epsilon"] <= 3.0
+    for name in ("config.yaml", "metrics.jsonl", "ledger.jsonl", "summary.json", "checkpoint"):
+        assert (tmp_path / "r" / name).exists()
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert "round 2/2" in out.stdout and "max ε" in out.stdout
+
+
+def test_run_cli_bad_config_exits_2(tmp_path):
+    out = run_cli("run", str(TINY), "--set", "server.roundz=3")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "dpfedlora run: error: unknown config key `server.roundz`. Allowed under `server`: "
+        "clients_per_round, rounds."
+    ]
+    out = run_cli("run", "nope.yaml")
+    assert out.returncode == 2 and "no such file" in out.stderr and "Traceback" not in out.stderr
