@@ -1,0 +1,55 @@
+"""Ghost clipping equals hooks mode; GaLore really projects."""
+
+from __future__ import annotations
+
+import torch
+
+from dpfedlora.client import Engine
+from dpfedlora.galore import GaLoreAdamW
+from tests.helpers import federation
+
+
+def _one_step(tmp_path, mode):
+    fed = federation(
+        tmp_path / mode,
+        "method.name=fedit",
+        "privacy.noise_multiplier=1.0",
+        f"privacy.grad_sample_mode={mode}",
+        "privacy.clip_norm=0.01",  # every sample is clipped, so clipping must match exactly
+        "train.optimizer=sgd",
+        "train.lr=1.0",
+    )
+    engine = Engine(fed.cfg, fed.method, fed.model, noise_multiplier=0.0)
+    names = fed.method.trainable_names(1)
+    for n, p in engine.params.items():
+        p.requires_grad_(n in names)
+    with torch.no_grad():  # non-zero B so both factors get gradients
+        for n in names:
+            if "lora_B" in n:
+                engine.params[n].normal_(0, 0.1, generator=torch.Generator().manual_seed(3))
+    engine._ensure_hooks(names)
+    params = [engine.params[n] for n in names]
+    opt = engine._dp_optimizer(torch.optim.SGD(params, lr=1.0), torch.Generator().manual_seed(0))
+    before = {n: engine.params[n].detach().clone() for n in names}
+    engine._step(opt, fed.clients[0].data.subset(torch.arange(12)), params)
+    return {n: engine.params[n].detach() - before[n] for n in names}
+
+
+def test_ghost_equals_hooks_without_noise(tmp_path):
+    hooks, ghost = _one_step(tmp_path, "hooks"), _one_step(tmp_path, "ghost")
+    assert any(float(v.abs().sum()) > 0 for v in hooks.values())
+    for n in hooks:
+        torch.testing.assert_close(ghost[n], hooks[n], atol=1e-7, rtol=1e-4)
+
+
+def test_galore_projects_and_keeps_low_rank_state():
+    w = torch.nn.Parameter(torch.randn(16, 32))
+    v = torch.nn.Parameter(torch.randn(5))
+    opt = GaLoreAdamW([w, v], lr=0.1, rank=3, update_proj_gap=2)
+    for _ in range(3):
+        w.grad, v.grad = torch.randn(16, 32), torch.randn(5)
+        opt.step()
+    state = opt.state[w]
+    assert state["projector"].shape == (16, 3)  # left vectors since 16 <= 32
+    assert state["exp_avg"].shape == (3, 32)  # moments live in the projected space
+    assert "projector" not in opt.state[v] and opt.state[v]["exp_avg"].shape == (5,)
