@@ -12,7 +12,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 # public name -> module that defines it (loaded on first attribute access, PEP 562)
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "run": "dpfedlora.federation",
+    "Federation": "dpfedlora.federation",
+    "load_config": "dpfedlora.config",
+    "Experiment": "dpfedlora.config",
+    "METHODS": "dpfedlora.methods",
+    "register_method": "dpfedlora.methods",
+    "make_method": "dpfedlora.methods",
+}
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

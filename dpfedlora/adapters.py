@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -103,6 +104,7 @@ def inject_lora(
         lora_dropout=0.0,
         modules_to_save=modules_to_save,
         bias="none",
+        layers_to_transform=list(built.layers) or None,
     )
     model = get_peft_model(built.model, config)
     layers = []
@@ -175,6 +177,9 @@ def layers_without_lora(built: BuiltModel) -> tuple[list[Layer], tuple[str, ...]
     layers = []
     for mod_name, module in built.model.named_modules():
         leaf = mod_name.rsplit(".", 1)[-1]
+        index = re.search(r"\.(?:layer|layers|h)\.(\d+)\.", f".{mod_name}.")
+        if built.layers and (index is None or int(index.group(1)) not in built.layers):
+            continue
         if leaf in built.target_modules and hasattr(module, "weight"):
             w = module.weight
             in_f, out_f = (

@@ -111,6 +111,10 @@ class Client:
     sampling_rate: float  # q = expected batch / shard size
     steps: int  # local DP-SGD steps per round
 
+    @property
+    def expected_batch(self) -> float:
+        return self.sampling_rate * len(self.data)
+
     def planned_event(self, noise_multiplier: float) -> Event:
         return dpsgd_event(
             noise_multiplier=noise_multiplier, sampling_rate=self.sampling_rate, steps=self.steps
@@ -206,7 +210,9 @@ class Engine:
         sample_gen = derive_generator(seed, "poisson", round_idx, cid)
         if self.private:
             optimizer = self._dp_optimizer(
-                optimizer, derive_generator(seed, "noise", round_idx, cid)
+                optimizer,
+                derive_generator(seed, "noise", round_idx, cid),
+                expected_batch=client.expected_batch,
             )
         self.model.train()
         n = len(client.data)
@@ -233,11 +239,18 @@ class Engine:
             seconds=time.perf_counter() - t0,
         )
 
-    def _dp_optimizer(self, optimizer: torch.optim.Optimizer, noise_gen: torch.Generator):
+    def _dp_optimizer(
+        self,
+        optimizer: torch.optim.Optimizer,
+        noise_gen: torch.Generator,
+        expected_batch: float | None = None,
+    ):
+        # The noised sum is divided by the *expected* batch size (not the realised one), as the
+        # Poisson-sampled Gaussian mechanism's analysis assumes.
         kwargs = dict(
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.cfg.privacy.clip_norm,
-            expected_batch_size=self.cfg.train.batch_size,
+            expected_batch_size=expected_batch or self.cfg.train.batch_size,
             loss_reduction="mean",
             generator=noise_gen,
             secure_mode=self.cfg.privacy.secure_mode,
@@ -253,6 +266,7 @@ class Engine:
     def _step(self, optimizer, batch: TensorData, params: list[nn.Parameter]) -> float | None:
         """One (DP-)SGD step on a Poisson batch; an empty batch still gets the noise."""
         optimizer.zero_grad(set_to_none=True)
+        batch = batch.trimmed()  # padding beyond the batch's longest sequence is wasted work
         if len(batch) == 0:
             if not self.private:
                 return None

