@@ -148,6 +148,8 @@ class Engine:
         self.wrapped: nn.Module = model
         self._hooked: frozenset[str] = frozenset()
         self._checked_moved = False
+        # audits swap in DPOptimizer subclasses (signed noise, canary injection); hooks mode only
+        self.dp_optimizer_factory: Callable[..., torch.optim.Optimizer] | None = None
 
     def _ensure_hooks(self, names: list[str]) -> None:
         """Opacus hooks on exactly the modules that train now. Re-hooked only when the
@@ -259,6 +261,8 @@ class Engine:
             from opacus.optimizers import DPOptimizerFastGradientClipping
 
             return DPOptimizerFastGradientClipping(optimizer, **kwargs)
+        if self.dp_optimizer_factory is not None:
+            return self.dp_optimizer_factory(optimizer, **kwargs)
         from opacus.optimizers import DPOptimizer
 
         return DPOptimizer(optimizer, **kwargs)

@@ -19,6 +19,7 @@ VERBS: dict[str, str] = {
     "calibrate": "dpfedlora.cli.account",
     "ledger": "dpfedlora.cli.account",
     "run": "dpfedlora.cli.run",
+    "audit": "dpfedlora.cli.audit",
 }
 
 
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except CLIError as exc:
-        print(f"dpfedlora {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"dpfedlora {getattr(args, 'verb', '')}: error: {exc}", file=sys.stderr)
         return 2
 
 

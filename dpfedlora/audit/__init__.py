@@ -1,0 +1,1 @@
+"""Audits: measured noise amplification per method, and empirical privacy (one-run auditing)."""
