@@ -20,6 +20,8 @@ VERBS: dict[str, str] = {
     "ledger": "dpfedlora.cli.account",
     "run": "dpfedlora.cli.run",
     "audit": "dpfedlora.cli.audit",
+    "sweep": "dpfedlora.cli.sweep",
+    "report": "dpfedlora.cli.sweep",
 }
 
 

@@ -1,0 +1,201 @@
+"""``dpfedlora report DIR``: tables and plots of a sweep.
+
+One row per cell and one per group of cells that differ only in ``seed`` (mean ± std). The
+spent ε of a cell is replayed from its own ledger (not copied from its summary), so the report
+shows what was actually recorded; every cell's spent ε must be at most its target.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from accounting import Ledger
+
+__all__ = ["build_report", "write_report"]
+
+METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "loss", "perplexity")
+
+
+def _cell_row(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    import yaml
+
+    cell_dir = out / entry["dir"]
+    overrides = {k: v for k, v in entry["overrides"]}
+    row: dict[str, Any] = {"cell": Path(entry["dir"]).name, **overrides}
+    if (cell_dir / "error.txt").exists() and not (cell_dir / "summary.json").exists():
+        row["status"] = "failed: " + (cell_dir / "error.txt").read_text().strip()
+        return row
+    if not (cell_dir / "summary.json").exists():
+        row["status"] = "incomplete"
+        return row
+    summary = json.loads((cell_dir / "summary.json").read_text())
+    cfg = yaml.safe_load((cell_dir / "config.yaml").read_text())
+    private = cfg["privacy"]["mode"] != "none"
+    target = cfg["privacy"]["target_epsilon"] if private else math.inf
+    spent = math.inf
+    if private:
+        ledger = Ledger(cell_dir / "ledger.jsonl", accountant=cfg["privacy"]["accountant"])
+        spent = ledger.max_epsilon(delta=cfg["privacy"]["delta"])
+    row.update(
+        status="done",
+        method=cfg["method"]["name"],
+        seed=cfg["seed"],
+        target_epsilon=math.inf if target is None else float(target),
+        spent_epsilon=spent,
+        bytes_up=summary["bytes_up"],
+        bytes_down=summary["bytes_down"],
+        rounds=summary["rounds_completed"],
+        wall_seconds=summary["seconds"],
+        **{m: summary["final"][m] for m in METRICS if m in summary["final"]},
+    )
+    return row
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.4g}"
+    return str(v)
+
+
+def build_report(out: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    out = Path(out)
+    manifest = json.loads((out / "sweep.json").read_text())
+    rows = [_cell_row(out, e) for e in manifest["cells"]]
+    done = [r for r in rows if r.get("status") == "done"]
+    grid_keys = sorted({k for e in manifest["cells"] for k, _ in e["overrides"]} - {"seed"})
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in done:
+        key = (r["method"], r["target_epsilon"], *(json.dumps(r.get(k)) for k in grid_keys))
+        groups.setdefault(key, []).append(r)
+    grouped = []
+    for key, members in groups.items():
+        g: dict[str, Any] = {"method": key[0], "target_epsilon": key[1], "seeds": len(members)}
+        for k in grid_keys:
+            if k not in ("method.name", "privacy.target_epsilon", "privacy.mode"):
+                g[k] = members[0].get(k)
+        for m in (*METRICS, "spent_epsilon", "bytes_up", "wall_seconds"):
+            vals = [r[m] for r in members if m in r and not math.isinf(float(r[m]))]
+            if vals:
+                g[m] = statistics.fmean(vals)
+                g[m + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            elif any(m in r for r in members):
+                g[m] = math.inf
+        grouped.append(g)
+    grouped.sort(key=lambda g: (g["method"], g["target_epsilon"]))
+    return rows, grouped
+
+
+def write_report(out: str | Path) -> dict[str, Any]:
+    out = Path(out)
+    rows, grouped = build_report(out)
+    cols = [
+        "cell",
+        "status",
+        "method",
+        "seed",
+        "target_epsilon",
+        "spent_epsilon",
+        *[m for m in METRICS if any(m in r for r in rows)],
+        "bytes_up",
+        "bytes_down",
+        "rounds",
+        "wall_seconds",
+    ]
+    with open(out / "report.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["kind", *cols])
+        for r in rows:
+            w.writerow(["cell", *[_fmt(r.get(c, "")) for c in cols]])
+        for g in grouped:
+            w.writerow(["group", *[_fmt(g.get(c, "")) for c in cols]])
+    metric = next((m for m in METRICS if any(m in g for g in grouped)), None)
+    md = [
+        "| method | target ε | spent ε (ledger) | "
+        + (metric or "metric")
+        + " | bytes up | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for g in grouped:
+        mean = g.get(metric, math.nan) if metric else math.nan
+        std = g.get(f"{metric}_std", 0.0) if metric else 0.0
+        md.append(
+            f"| {g['method']} | {_fmt(g['target_epsilon'])} | {_fmt(g.get('spent_epsilon'))} | "
+            f"{mean:.3f} ± {std:.3f} | {g.get('bytes_up', 0):.0f} | {g['seeds']} |"
+        )
+    failed = [r for r in rows if r.get("status", "").startswith("failed")]
+    if failed:
+        md.append("")
+        md += [f"- cell {r['cell']} {r['status']}" for r in failed]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    if metric:
+        _plots(grouped, out / "plots", metric)
+    violations = [
+        r for r in rows if r.get("status") == "done" and r["spent_epsilon"] > r["target_epsilon"]
+    ]
+    return {
+        "cells": len(rows),
+        "groups": len(grouped),
+        "failed": len(failed),
+        "violations": len(violations),
+        "metric": metric,
+    }
+
+
+def _plots(grouped: list[dict[str, Any]], out: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    finite = [g["target_epsilon"] for g in grouped if not math.isinf(g["target_epsilon"])]
+    inf_x = (max(finite) * 2) if finite else 1.0  # where "non-private" is drawn
+    for kind in ("epsilon", "bytes"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for i, method in enumerate(sorted({g["method"] for g in grouped})):
+            pts = sorted(
+                (
+                    (
+                        (inf_x if math.isinf(g["target_epsilon"]) else g["target_epsilon"])
+                        if kind == "epsilon"
+                        else g.get("bytes_up", 0),
+                        g,
+                    )
+                    for g in grouped
+                    if g["method"] == method
+                ),
+                key=lambda t: t[0],
+            )
+            ax.errorbar(
+                [x for x, _ in pts],
+                [g.get(metric, math.nan) for _, g in pts],
+                yerr=[g.get(metric + "_std", 0) for _, g in pts],
+                fmt="-o",
+                capsize=3,
+                label=method,
+                color=f"C{i}",
+                ms=4,
+            )
+        if kind == "epsilon":
+            ax.set_xscale("log")
+            ticks = sorted(set(finite)) + (
+                [inf_x] if any(math.isinf(g["target_epsilon"]) for g in grouped) else []
+            )
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{t:g}" if t != inf_x else "∞" for t in ticks])
+            ax.set_xlabel("target ε (∞ = non-private)")
+        else:
+            ax.set_xscale("log")
+            ax.set_xlabel("bytes uploaded per run (all clients)")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        for ext in ("png", "svg"):
+            fig.savefig(out / f"{metric}_vs_{kind}.{ext}", dpi=110)
+        plt.close(fig)

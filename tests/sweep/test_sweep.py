@@ -1,0 +1,118 @@
+"""Sweeps: expansion, resume after a kill (only missing cells run), report from the ledgers."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dpfedlora.config import ConfigError
+from dpfedlora.sweep import load_sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_SWEEP = ROOT / "examples" / "sweeps" / "tiny.yaml"
+
+
+def test_expansion_and_inf_means_non_private(tmp_path):
+    base, cells = load_sweep(TINY_SWEEP)
+    assert base == ROOT / "configs" / "tiny.yaml"
+    assert len(cells) == 8 and len({c.config_hash for c in cells}) == 8
+    inf_cells = [c for c in cells if ("privacy.mode", "none") in c.overrides]
+    assert len(inf_cells) == 4
+
+
+def test_bad_sweep_files(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("base: nope.yaml\ngrid: {seed: [0]}\n")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_sweep(f)
+    f.write_text(f"base: {ROOT / 'configs' / 'tiny.yaml'}\ngrid: {{server.roundz: [1]}}\n")
+    with pytest.raises(ConfigError, match="unknown config key `server.roundz`"):
+        load_sweep(f)
+
+
+def _sweep_cmd(out, jobs=1):
+    return [
+        sys.executable,
+        "-m",
+        "dpfedlora",
+        "sweep",
+        str(TINY_SWEEP),
+        "--out",
+        str(out),
+        "--jobs",
+        str(jobs),
+        "--no-progress",
+    ]
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_only_missing_cells(tmp_path):
+    out = tmp_path / "sw"
+    proc = subprocess.Popen(
+        _sweep_cmd(out),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 600
+    done = []
+    while time.time() < deadline:
+        done = list(out.glob("cells/*/summary.json"))
+        if len(done) >= 2:
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its running cell
+    proc.wait()
+    completed = len(list(out.glob("cells/*/summary.json")))
+    assert 2 <= completed < 8
+    rerun = subprocess.run(_sweep_cmd(out, jobs=2), capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr + rerun.stdout
+    assert f"ran {8 - completed}, skipped {completed}" in rerun.stdout
+    assert len(list(out.glob("cells/*/summary.json"))) == 8
+
+    # the report's ε column comes from each cell's ledger and never exceeds the target
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    cells = [r for r in rows if r["kind"] == "cell"]
+    groups = [r for r in rows if r["kind"] == "group"]
+    assert len(cells) == 8 and len(groups) == 4
+    for r in cells:
+        assert r["status"] == "done"
+        if r["target_epsilon"] != "inf":
+            assert 0 < float(r["spent_epsilon"]) <= float(r["target_epsilon"])
+        else:
+            assert r["spent_epsilon"] == "inf"
+    for col in ("method", "target_epsilon", "spent_epsilon", "balanced_accuracy", "bytes_up"):
+        assert col in rows[0]
+    assert (out / "report.md").exists()
+    assert (out / "plots" / "balanced_accuracy_vs_epsilon.png").exists()
+    assert (out / "plots" / "balanced_accuracy_vs_bytes.svg").exists()
+
+
+def test_report_epsilon_comes_from_the_ledger(tmp_path):
+    """Tamper with a summary's ε: the report still shows the ledger's number."""
+    import json
+
+    from dpfedlora.federation import run
+    from dpfedlora.report import build_report
+    from tests.helpers import tiny_cfg
+
+    out = tmp_path / "sw"
+    cfg = tiny_cfg("server.rounds=1", "train.local_steps=2")
+    run(cfg, out / "cells" / "a", progress=False, log=lambda s: None)
+    (out / "sweep.json").write_text(
+        json.dumps({"cells": [{"overrides": [["seed", 0]], "config_hash": "x", "dir": "cells/a"}]})
+    )
+    s = json.loads((out / "cells" / "a" / "summary.json").read_text())
+    true_eps = s["max_epsilon"]
+    s["max_epsilon"] = 0.001
+    (out / "cells" / "a" / "summary.json").write_text(json.dumps(s))
+    rows, groups = build_report(out)
+    assert rows[0]["spent_epsilon"] == pytest.approx(true_eps, rel=1e-9)
+    assert groups[0]["spent_epsilon"] == pytest.approx(true_eps, rel=1e-9)
