@@ -12,6 +12,7 @@ from dp_accounting import pld
 
 from ..accountant import Accountant
 from ..events import Component
+from ._dp_events import compose_into
 
 __all__ = ["PLDBackend"]
 
@@ -29,12 +30,7 @@ class PLDBackend(Accountant):
             dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
             value_discretization_interval=self.value_discretization_interval,
         )
-        for c in components:
-            event = dp_accounting.PoissonSampledDpEvent(
-                c.sampling_rate, dp_accounting.GaussianDpEvent(c.noise_multiplier)
-            )
-            acc.compose(event, c.count)
-        return acc
+        return compose_into(acc, components)
 
     def _epsilon(self, components: list[Component], delta: float) -> float:
         return self._build(components).get_epsilon(delta)

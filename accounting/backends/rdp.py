@@ -15,6 +15,7 @@ from dp_accounting import rdp
 
 from ..accountant import Accountant
 from ..events import Component
+from ._dp_events import compose_into
 
 __all__ = ["RDPBackend"]
 
@@ -40,12 +41,7 @@ class RDPBackend(Accountant):
         acc = rdp.RdpAccountant(
             neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
         )
-        for c in components:
-            event = dp_accounting.PoissonSampledDpEvent(
-                c.sampling_rate, dp_accounting.GaussianDpEvent(c.noise_multiplier)
-            )
-            acc.compose(event, c.count)
-        return acc
+        return compose_into(acc, components)
 
     def _epsilon(self, components: list[Component], delta: float) -> float:
         with _quiet_absl():

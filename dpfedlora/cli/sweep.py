@@ -7,23 +7,16 @@ import json
 from pathlib import Path
 
 from . import CLIError
-
-
-def _jobs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1. Found {text!r}.") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1. Found {text}.")
-    return value
+from .account import steps as positive_int
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run a grid of runs (resumable), then report")
     p.add_argument("sweep", metavar="SWEEP", help="sweep YAML (base: CONFIG, grid: {key: [..]})")
     p.add_argument("--out", help="sweep directory (default runs/sweep-<file name>)")
-    p.add_argument("--jobs", type=_jobs, help="cells in parallel (default from cores and memory)")
+    p.add_argument(
+        "--jobs", type=positive_int, help="cells in parallel (default from cores and memory)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_sweep)
 
