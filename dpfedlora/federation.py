@@ -44,6 +44,7 @@ from .methods import make_method
 from .methods.base import ClientSpec, Method, aggregation_gap
 from .models import build_model
 from .partition import label_histogram, partition
+from .progress import progress_bar, round_line, write_line
 from .rundir import RunDir, config_hash
 from .sb_init import apply_sign_svd, gradient_sum
 
@@ -231,7 +232,7 @@ class Federation:
             stopped_reason = ckpt.get("stopped_reason", "completed")
             self.dir.rewrite_metrics(history)
             for row in history:  # show what was already done
-                self.log(_round_line(row, cfg.server.rounds) + " (from checkpoint)")
+                self.log(round_line(row, cfg.server.rounds) + " (from checkpoint)")
         if p.private:
             how = (
                 "given"
@@ -246,7 +247,7 @@ class Federation:
         t_run = time.perf_counter()
         last = cfg.server.rounds if until_round is None else min(until_round, cfg.server.rounds)
         rounds = range(start, last + 1) if stopped_reason == "completed" else range(0)
-        bar = _progress(rounds, progress)
+        bar = progress_bar(rounds, progress)
         for rnd in bar:
             t0 = time.perf_counter()
             # 1) sample clients
@@ -309,7 +310,7 @@ class Federation:
             }
             history.append(row)
             self.dir.append_metrics(row)
-            _write(bar, progress, self.log, _round_line(row, cfg.server.rounds))
+            write_line(bar, progress, self.log, round_line(row, cfg.server.rounds))
             # 6) checkpoint
             self.dir.save_checkpoint(
                 {
@@ -411,48 +412,6 @@ class Federation:
         )
         torch.save(state, self.dir.path / "checkpoint" / "final_state.pt")
         return summary
-
-
-def _progress(rounds: range, enabled: bool):
-    if not enabled:
-        return rounds
-    from tqdm.auto import tqdm
-
-    return tqdm(rounds, desc="rounds", unit="round", leave=False)
-
-
-def _write(bar, enabled: bool, log: Callable[[str], None], line: str) -> None:
-    if enabled and hasattr(bar, "write"):
-        bar.write(line)
-    else:
-        log(line)
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def _round_line(row: dict[str, Any], total: int) -> str:
-    parts = [
-        f"round {row['round']}/{total}",
-        f"clients {row['clients']}",
-        f"loss {row['train_loss']:.4f}",
-    ]
-    for key, label in (
-        ("eval_accuracy", "acc"),
-        ("eval_balanced_accuracy", "bal_acc"),
-        ("eval_perplexity", "ppl"),
-    ):
-        if key in row:
-            parts.append(f"{label} {row[key]:.3f}")
-    eps = row["max_epsilon"]
-    parts.append("ε n/a (non-private)" if math.isinf(eps) else f"max ε {eps:.3f}")
-    parts.append(f"up {_fmt_bytes(row['bytes_up'])} down {_fmt_bytes(row['bytes_down'])}")
-    return " | ".join(parts)
 
 
 def run(

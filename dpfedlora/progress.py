@@ -1,0 +1,51 @@
+"""What a run prints: the progress bar over rounds and one line per round."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["progress_bar", "write_line", "fmt_bytes", "round_line"]
+
+
+def progress_bar(rounds: range, enabled: bool):
+    if not enabled:
+        return rounds
+    from tqdm.auto import tqdm
+
+    return tqdm(rounds, desc="rounds", unit="round", leave=False)
+
+
+def write_line(bar, enabled: bool, log: Callable[[str], None], line: str) -> None:
+    if enabled and hasattr(bar, "write"):
+        bar.write(line)
+    else:
+        log(line)
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def round_line(row: dict[str, Any], total: int) -> str:
+    parts = [
+        f"round {row['round']}/{total}",
+        f"clients {row['clients']}",
+        f"loss {row['train_loss']:.4f}",
+    ]
+    for key, label in (
+        ("eval_accuracy", "acc"),
+        ("eval_balanced_accuracy", "bal_acc"),
+        ("eval_perplexity", "ppl"),
+    ):
+        if key in row:
+            parts.append(f"{label} {row[key]:.3f}")
+    eps = row["max_epsilon"]
+    parts.append("ε n/a (non-private)" if math.isinf(eps) else f"max ε {eps:.3f}")
+    parts.append(f"up {fmt_bytes(row['bytes_up'])} down {fmt_bytes(row['bytes_down'])}")
+    return " | ".join(parts)
