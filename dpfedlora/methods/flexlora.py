@@ -20,7 +20,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..aggregation import Tensors, delta_weight, lora_scaling, normalize_weights, truncated_split
+from ..aggregation import (
+    Tensors,
+    delta_weight,
+    lora_scaling,
+    normalize_weights,
+    truncated_split,
+    weighted_mean,
+)
 from ..config import ConfigError, MethodConfig
 from .base import ClientSpec, LoRAMethod, clone, register_method
 
@@ -124,8 +131,7 @@ class FlexLoRA(LoRAMethod):
     ) -> Tensors:
         new = clone(state)
         p = normalize_weights(weights)
-        for n in self.head:
-            new[n] = sum(w * pl[n] for w, pl in zip(p, payloads))
+        new.update(weighted_mean([{n: pl[n] for n in self.head} for pl in payloads], p))
         for layer in self.layers:
             new[f"delta/{layer.name}"] = sum(
                 w

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..adapters import layers_without_lora
-from ..aggregation import Tensors, normalize_weights
+from ..aggregation import Tensors, weighted_mean
 from ..config import ConfigError, MethodConfig
 from ..models import BuiltModel
 from .base import ClientSpec, Method, clone, register_method
@@ -73,9 +73,8 @@ class Full(Method):
         round_idx: int,
     ) -> Tensors:
         new = clone(state)
-        p = normalize_weights(weights)
-        for n in payloads[0]:
-            new[n] = state[n] + sum(w * pl[n] for w, pl in zip(p, payloads))
+        for n, mean_change in weighted_mean(payloads, weights).items():
+            new[n] = state[n] + mean_change
         return new
 
     def effective_deltas(self, view: Tensors, client: ClientSpec | None = None) -> Tensors:
