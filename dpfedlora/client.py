@@ -270,7 +270,6 @@ class Engine:
     def _step(self, optimizer, batch: TensorData, params: list[nn.Parameter]) -> float | None:
         """One (DP-)SGD step on a Poisson batch; an empty batch still gets the noise."""
         optimizer.zero_grad(set_to_none=True)
-        batch = batch.trimmed()  # padding beyond the batch's longest sequence is wasted work
         if len(batch) == 0:
             if not self.private:
                 return None
@@ -281,15 +280,29 @@ class Engine:
             optimizer.step()
             return None
         if self.private and self.cfg.privacy.grad_sample_mode == "ghost":
-            return self._ghost_step(optimizer, batch)
-        loss = self.loss_fn(self.wrapped, batch).mean()
-        with warnings.catch_warnings():
-            # Opacus's full backward hooks warn when no *input* requires grad; with frozen
-            # embeddings that is always the case and harmless (parameter grads are exact).
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            loss.backward()
+            return self._ghost_step(optimizer, batch.trimmed())
+        total = 0.0
+        chunks = batch.physical_batches(self.cfg.train.physical_batch_tokens)
+        for i, chunk in enumerate(chunks):
+            per_example = self.loss_fn(self.wrapped, chunk)
+            total += float(per_example.detach().sum())
+            # Private: Opacus rescales a chunk's mean loss by the chunk size, so every example's
+            # gradient is exact. Non-private: the chunks' gradients add up to the batch mean.
+            loss = per_example.mean() if self.private else per_example.sum() / len(batch)
+            with warnings.catch_warnings():
+                # Opacus's full backward hooks warn when no *input* requires grad; with frozen
+                # embeddings that is always the case and harmless (parameter grads are exact).
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                loss.backward()
+            if self.private and i < len(chunks) - 1:
+                # As Opacus's BatchMemoryManager: clip this chunk's per-sample gradients into
+                # the running sum, then free them; noise and the division by the expected
+                # batch size happen once, at the real step below.
+                optimizer.signal_skip_step(do_skip=True)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         optimizer.step()
-        return float(loss.detach())
+        return total / len(batch)
 
     def _ghost_step(self, optimizer, batch: TensorData) -> float:
         from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping

@@ -53,6 +53,16 @@ class ModelConfig:
     device: str = "cpu"
     # cache the frozen embeddings and layers below the lowest adapted layer (see prefix_cache)
     cache_frozen_prefix: bool = True
+    # dropout probability for every dropout in the model; None keeps the checkpoint's. DP
+    # fine-tuning usually turns it off (Li et al. 2022): its noise adds to the DP noise.
+    dropout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(
+                "`model.dropout` must be in [0, 1), or null to keep the model's. "
+                f"Found {self.dropout}."
+            )
 
 
 @dataclass(frozen=True)
@@ -159,6 +169,18 @@ class TrainConfig:
     lr: float = 0.05
     optimizer: str = "sgd"  # sgd | adamw
     weight_decay: float = 0.0
+    # Physical batching (like Opacus's BatchMemoryManager): a Poisson batch is sorted by length
+    # and run through forward/backward in chunks of at most this many (padded) tokens before the
+    # one DP step. Per-sample clipping makes this exact; it cuts padding and peak memory.
+    # 0 = the whole batch at once.
+    physical_batch_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.physical_batch_tokens < 0:
+            raise ConfigError(
+                "`train.physical_batch_tokens` must be >= 0 (0 = whole batch). "
+                f"Found {self.physical_batch_tokens}."
+            )
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,21 @@ class TensorData:
         labels = self.labels[:, :length] if self.labels.dim() == 2 else self.labels
         return TensorData(self.input_ids[:, :length], self.attention_mask[:, :length], labels)
 
+    def physical_batches(self, max_tokens: int) -> list[TensorData]:
+        """Split into length-sorted chunks of at most ``max_tokens`` padded tokens (each chunk
+        at least one example), each trimmed to its own longest sequence. 0: one chunk."""
+        if max_tokens <= 0 or len(self) == 0:
+            return [self.trimmed()]
+        lengths = self.attention_mask.sum(1)
+        order = torch.argsort(lengths, stable=True)
+        chunks, start = [], 0
+        for end in range(1, len(self) + 1):
+            # ascending lengths: a chunk's padded size is its count times its last length
+            if end == len(self) or (end - start + 1) * int(lengths[order[end]]) > max_tokens:
+                chunks.append(self.subset(order[start:end]).trimmed())
+                start = end
+        return chunks
+
     @property
     def class_labels(self) -> np.ndarray:
         if self.classes is not None:

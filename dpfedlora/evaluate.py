@@ -66,8 +66,10 @@ def evaluate(
     was_training = model.training
     model.eval()
     losses, preds = [], []
+    # Batches of similar length waste little on padding; results are put back in data order.
+    order = torch.argsort(data.attention_mask.sum(1), stable=True)
     for start in range(0, len(data), batch_size):
-        batch = data.subset(torch.arange(start, min(start + batch_size, len(data)))).trimmed()
+        batch = data.subset(order[start : start + batch_size]).trimmed()
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         # the loss functions call model(...).logits: hand them this forward's output
         losses.append(LOSSES[task](lambda _o=out, **_: _o, batch))
@@ -76,6 +78,9 @@ def evaluate(
         elif label_token_ids:
             preds.append(_label_word_predictions(out.logits, batch, label_token_ids))
     model.train(was_training)
+    inverse = torch.argsort(order)
+    losses = [torch.cat(losses)[inverse]] if losses else []
+    preds = [torch.cat(preds)[inverse]] if preds else []
     loss = float(torch.cat(losses).mean()) if losses else math.nan
     out = {"loss": loss}
     if task == "classification":

@@ -80,10 +80,21 @@ class Federation:
 
             may_train = set(self.method.trainable_names(1)) | set(self.method.trainable_names(2))
             self.prefix_layers = install_prefix_cache(self.model, may_train, built.pad_token_id)
+            if self.prefix_layers:
+                self._precompute_prefix()
         self.clients = self.setup.clients
         self.ledger: Ledger | None = None
 
     # ------------------------------------------------------------------ set-up
+    def _precompute_prefix(self) -> None:
+        from .prefix_cache import CachedPrefix
+
+        prefix = next(m for m in self.model.modules() if isinstance(m, CachedPrefix))
+        sets = [c.data for c in self.setup.clients] + [self.setup.eval_data]
+        if self.setup.public is not None:
+            sets.append(self.setup.public)
+        prefix.precompute(d.input_ids for d in sets)
+
     def _build_data(self) -> Setup:
         cfg = self.cfg
         train, eval_data = load_data(cfg.data, cfg.model, seed=cfg.seed, tokenizer=self.tokenizer)

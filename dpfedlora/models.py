@@ -182,6 +182,22 @@ def _tokenizer(path: str) -> object:
     return tok
 
 
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set every dropout probability in ``model`` to ``p``; returns how many were set.
+
+    Covers ``nn.Dropout`` modules (BERT's attention reads its dropout's ``p`` too) and the float
+    ``attention_dropout`` attribute that Llama-style attention passes to its kernel."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+            count += 1
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+            count += 1
+    return count
+
+
 def build_model(cfg: ModelConfig, *, seed: int) -> BuiltModel:
     """Build the shared base model, in training mode, on its device (before any adapter)."""
     if cfg.task not in ("classification", "causal_lm"):
@@ -199,6 +215,8 @@ def build_model(cfg: ModelConfig, *, seed: int) -> BuiltModel:
     else:
         known = sorted([*MODEL_BUILDERS, *PRETRAINED])
         raise ConfigError(f"unknown built-in model {cfg.name!r}. Built-ins: {', '.join(known)}.")
+    if cfg.dropout is not None:
+        set_dropout(model, cfg.dropout)
     model_type = model.config.model_type
     targets, fifo = detect_targets(model_type, cfg.target_modules)
     head = HEADS.get(model_type) if cfg.task == "classification" else None

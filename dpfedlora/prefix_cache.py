@@ -8,15 +8,31 @@ and noise are unchanged (a test checks that logits and gradients match the uncac
 only repeated frozen computation disappears. The cache holds no trainable state and is never
 released, so it has no privacy cost.
 
+The prefix always runs as in eval mode (its dropout off): cached features must be a fixed
+function of the tokens. With ``model.dropout: 0`` this is exactly the uncached model.
+
+:meth:`CachedPrefix.precompute` fills the cache up front, batching rows of equal length (no
+padding at all). If ``DPFEDLORA_PREFIX_CACHE_DIR`` is set, the features are also kept there in
+one file per (prefix weights, set of inputs), so the cells of a sweep compute them once. The
+file holds features of private records: keep that directory with the runs (the sweep puts it
+inside its output directory), not in a shared place.
+
 Supported: BERT-family encoders (``.embeddings`` + ``.encoder.layer``) with right padding.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
 import torch
 from torch import nn
 
-__all__ = ["install_prefix_cache", "CachedPrefix"]
+__all__ = ["install_prefix_cache", "CachedPrefix", "STORE_ENV"]
+
+STORE_ENV = "DPFEDLORA_PREFIX_CACHE_DIR"
 
 
 class _PassThrough(nn.Module):
@@ -45,13 +61,66 @@ class CachedPrefix(nn.Module):
         mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, : len(r)], mask[i, : len(r)] = r, 1
-        hidden = self.embeddings(input_ids=ids)
-        attn = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=mask
-        )
-        for layer in self.prefix:
-            hidden = layer(hidden, attn)
+        modules = (self.embeddings, *self.prefix)
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            hidden = self.embeddings(input_ids=ids)
+            attn = create_bidirectional_mask(
+                config=self.config, inputs_embeds=hidden, attention_mask=mask
+            )
+            for layer in self.prefix:
+                hidden = layer(hidden, attn)
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
         return [hidden[i, : len(r)].clone() for i, r in enumerate(rows)]
+
+    def _fingerprint(self, keys: list[bytes]) -> str:
+        h = hashlib.sha256(f"{self.pad_id}|{len(self.prefix)}|{torch.__version__}".encode())
+        for module in (self.embeddings, self.prefix):
+            for name, t in module.state_dict().items():
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        for k in keys:
+            h.update(len(k).to_bytes(4, "little"))
+            h.update(k)
+        return h.hexdigest()[:32]
+
+    def precompute(self, inputs: Iterable[torch.Tensor], batch_size: int = 64) -> int:
+        """Cache the features of every row of the given ``input_ids`` tensors; returns how many
+        were computed here (the rest came from memory or the on-disk store)."""
+        rows: dict[bytes, torch.Tensor] = {}
+        for ids in inputs:
+            for i, n in enumerate((ids != self.pad_id).sum(1).tolist()):
+                r = ids[i, :n]
+                rows.setdefault(r.numpy().tobytes(), r)
+        # Canonical order (length, then tokens): the batches, and so the floats, depend only on
+        # the set of inputs, whether this process computes them or loads them from the store.
+        keys = sorted(rows, key=lambda k: (len(k), k))
+        store = os.environ.get(STORE_ENV)
+        path = Path(store) / f"prefix-{self._fingerprint(keys)}.pt" if store else None
+        if path is not None and path.exists():
+            saved = torch.load(path, weights_only=True)
+            for k, h in zip(keys, torch.split(saved["hidden"], saved["lengths"].tolist())):
+                self.cache.setdefault(k, h)
+            return 0
+        todo = [k for k in keys if k not in self.cache]
+        for length in sorted({len(k) for k in todo}):
+            same = [k for k in todo if len(k) == length]
+            for s in range(0, len(same), batch_size):
+                part = same[s : s + batch_size]
+                for k, h in zip(part, self._compute([rows[k] for k in part])):
+                    self.cache[k] = h
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            hidden = [self.cache[k] for k in keys]
+            lengths = torch.tensor([h.shape[0] for h in hidden])
+            torch.save({"lengths": lengths, "hidden": torch.cat(hidden)}, tmp)
+            os.replace(tmp, path)  # atomic: a concurrent cell sees no file or a whole one
+        return len(todo)
 
     def forward(self, input_ids=None, **kwargs) -> torch.Tensor:
         lengths = (input_ids != self.pad_id).sum(1)

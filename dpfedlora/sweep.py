@@ -119,7 +119,12 @@ def _status(cell_dir: Path) -> str:
 def _run_cell(
     base: Path, cell: Cell, cell_dir: Path, threads: int
 ) -> tuple[Cell, str | None, float]:
+    from .prefix_cache import STORE_ENV
+
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    # Cells share the frozen-prefix features (same model, same messages): computed once, kept
+    # inside the sweep directory because they are features of the private records.
+    env.setdefault(STORE_ENV, str(cell_dir.parent.parent / "prefix-cache"))
     cmd = [
         sys.executable,
         "-m",

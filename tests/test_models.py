@@ -77,3 +77,20 @@ def test_rslora_scaling():
 
     assert lora_scaling(16, 4, False) == 4.0
     assert lora_scaling(16, 4, True) == 8.0
+
+
+def test_dropout_override_reaches_every_dropout():
+    import pytest
+    from torch import nn
+
+    from dpfedlora.config import ConfigError, ModelConfig
+    from dpfedlora.models import build_model, set_dropout
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1), nn.Sequential(nn.Dropout(0.3)))
+    assert set_dropout(model, 0.0) == 2
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, nn.Dropout))
+    built = build_model(ModelConfig(name="builtin:tiny-bert", dropout=0.25), seed=0)
+    ps = [m.p for m in built.model.modules() if isinstance(m, nn.Dropout)]
+    assert ps and all(p == 0.25 for p in ps)
+    with pytest.raises(ConfigError, match="model.dropout"):
+        ModelConfig(dropout=1.0)

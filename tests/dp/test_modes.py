@@ -1,7 +1,8 @@
-"""Ghost clipping equals hooks mode; GaLore really projects."""
+"""Ghost clipping and physical batches equal the plain hooks step; GaLore really projects."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dpfedlora.client import Engine
@@ -9,12 +10,14 @@ from dpfedlora.galore import GaLoreAdamW
 from tests.helpers import federation
 
 
-def _one_step(tmp_path, mode):
+def _one_step(tmp_path, mode, *extra, private=True):
     fed = federation(
-        tmp_path / mode,
+        tmp_path / "-".join([mode, *extra]).replace("/", "_"),
         "method.name=fedit",
+        *extra,
         "privacy.noise_multiplier=1.0",
         f"privacy.grad_sample_mode={mode}",
+        f"privacy.mode={'sample' if private else 'none'}",
         "privacy.clip_norm=0.01",  # every sample is clipped, so clipping must match exactly
         "train.optimizer=sgd",
         "train.lr=1.0",
@@ -29,7 +32,9 @@ def _one_step(tmp_path, mode):
                 engine.params[n].normal_(0, 0.1, generator=torch.Generator().manual_seed(3))
     engine._ensure_hooks(names)
     params = [engine.params[n] for n in names]
-    opt = engine._dp_optimizer(torch.optim.SGD(params, lr=1.0), torch.Generator().manual_seed(0))
+    opt = torch.optim.SGD(params, lr=1.0)
+    if private:
+        opt = engine._dp_optimizer(opt, torch.Generator().manual_seed(0))
     before = {n: engine.params[n].detach().clone() for n in names}
     engine._step(opt, fed.clients[0].data.subset(torch.arange(12)), params)
     return {n: engine.params[n].detach() - before[n] for n in names}
@@ -40,6 +45,20 @@ def test_ghost_equals_hooks_without_noise(tmp_path):
     assert any(float(v.abs().sum()) > 0 for v in hooks.values())
     for n in hooks:
         torch.testing.assert_close(ghost[n], hooks[n], atol=1e-7, rtol=1e-4)
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_physical_batches_equal_one_batch(tmp_path, private):
+    fed = federation(tmp_path / "probe")
+    batch = fed.clients[0].data.subset(torch.arange(12))
+    chunks = batch.physical_batches(40)
+    assert len(chunks) >= 3 and sum(len(c) for c in chunks) == 12
+    assert all(len(c) * c.input_ids.shape[1] <= 40 or len(c) == 1 for c in chunks)
+    whole = _one_step(tmp_path, "hooks", private=private)
+    split = _one_step(tmp_path, "hooks", "train.physical_batch_tokens=40", private=private)
+    assert any(float(v.abs().sum()) > 0 for v in whole.values())
+    for n in whole:
+        torch.testing.assert_close(split[n], whole[n], atol=1e-7, rtol=1e-5)
 
 
 def test_galore_projects_and_keeps_low_rank_state():
