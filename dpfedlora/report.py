@@ -114,23 +114,11 @@ def write_report(out: str | Path) -> dict[str, Any]:
         for g in grouped:
             w.writerow(["group", *[_fmt(g.get(c, "")) for c in cols]])
     metric = next((m for m in METRICS if any(m in g for g in grouped)), None)
-    md = [
-        "| method | target ε | spent ε (ledger) | "
-        + (metric or "metric")
-        + " | bytes up | seeds |",
-        "|---|---|---|---|---|---|",
-    ]
-    for g in grouped:
-        mean = g.get(metric, math.nan) if metric else math.nan
-        std = g.get(f"{metric}_std", 0.0) if metric else 0.0
-        md.append(
-            f"| {g['method']} | {_fmt(g['target_epsilon'])} | {_fmt(g.get('spent_epsilon'))} | "
-            f"{mean:.3f} ± {std:.3f} | {g.get('bytes_up', 0):.0f} | {g['seeds']} |"
-        )
+    shown = [m for m in METRICS if any(m in g for g in grouped)]
+    md = _markdown(grouped, rows, shown)
     failed = [r for r in rows if r.get("status", "").startswith("failed")]
     if failed:
-        md.append("")
-        md += [f"- cell {r['cell']} {r['status']}" for r in failed]
+        md += ["", "Failed cells:", ""] + [f"- cell {r['cell']} {r['status']}" for r in failed]
     (out / "report.md").write_text("\n".join(md) + "\n")
     if metric:
         _plots(grouped, out / "plots", metric)
@@ -144,6 +132,31 @@ def write_report(out: str | Path) -> dict[str, Any]:
         "violations": len(violations),
         "metric": metric,
     }
+
+
+def _markdown(
+    grouped: list[dict[str, Any]], rows: list[dict[str, Any]], metrics: list[str]
+) -> list[str]:
+    """Per group over seeds (mean ± std), then one row per cell."""
+    head = ["method", "target ε", "spent ε (ledger)", *metrics, "bytes up", "wall s"]
+    md = ["| " + " | ".join([*head, "seeds"]) + " |", "|" + "---|" * (len(head) + 1)]
+    for g in grouped:
+        cells = [g["method"], _fmt(g["target_epsilon"]), _fmt(g.get("spent_epsilon"))]
+        cells += [f"{g[m]:.3f} ± {g.get(m + '_std', 0.0):.3f}" if m in g else "" for m in metrics]
+        cells += [f"{g.get('bytes_up', 0):.0f}", f"{g.get('wall_seconds', math.nan):.0f}"]
+        md.append("| " + " | ".join([*cells, str(g["seeds"])]) + " |")
+    md += ["", "| " + " | ".join(["cell", "seed", *head]) + " |", "|" + "---|" * (len(head) + 2)]
+    for r in sorted(
+        rows, key=lambda r: (r.get("method", ""), r.get("target_epsilon", 0), r.get("seed", 0))
+    ):
+        if r.get("status") != "done":
+            continue
+        cells = [r["cell"], str(r.get("seed", "")), r["method"], _fmt(r["target_epsilon"])]
+        cells += [_fmt(r.get("spent_epsilon"))]
+        cells += [f"{r[m]:.3f}" if m in r else "" for m in metrics]
+        cells += [f"{r.get('bytes_up', 0):.0f}", f"{r.get('wall_seconds', math.nan):.0f}"]
+        md.append("| " + " | ".join(cells) + " |")
+    return md
 
 
 def _plots(grouped: list[dict[str, Any]], out: Path, metric: str) -> None:
