@@ -166,45 +166,9 @@ def _plots(grouped: list[dict[str, Any]], out: Path, metric: str) -> None:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    finite = [g["target_epsilon"] for g in grouped if not math.isinf(g["target_epsilon"])]
-    inf_x = (max(finite) * 2) if finite else 1.0  # where "non-private" is drawn
-    for kind in ("epsilon", "bytes"):
+    for kind, draw in (("epsilon", _draw_vs_epsilon), ("bytes", _draw_vs_bytes)):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for i, method in enumerate(sorted({g["method"] for g in grouped})):
-            pts = sorted(
-                (
-                    (
-                        (inf_x if math.isinf(g["target_epsilon"]) else g["target_epsilon"])
-                        if kind == "epsilon"
-                        else g.get("bytes_up", 0),
-                        g,
-                    )
-                    for g in grouped
-                    if g["method"] == method
-                ),
-                key=lambda t: t[0],
-            )
-            ax.errorbar(
-                [x for x, _ in pts],
-                [g.get(metric, math.nan) for _, g in pts],
-                yerr=[g.get(metric + "_std", 0) for _, g in pts],
-                fmt="-o",
-                capsize=3,
-                label=method,
-                color=f"C{i}",
-                ms=4,
-            )
-        if kind == "epsilon":
-            ax.set_xscale("log")
-            ticks = sorted(set(finite)) + (
-                [inf_x] if any(math.isinf(g["target_epsilon"]) for g in grouped) else []
-            )
-            ax.set_xticks(ticks)
-            ax.set_xticklabels([f"{t:g}" if t != inf_x else "∞" for t in ticks])
-            ax.set_xlabel("target ε (∞ = non-private)")
-        else:
-            ax.set_xscale("log")
-            ax.set_xlabel("bytes uploaded per run (all clients)")
+        draw(ax, grouped, metric)
         ax.set_ylabel(metric.replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -212,3 +176,58 @@ def _plots(grouped: list[dict[str, Any]], out: Path, metric: str) -> None:
         for ext in ("png", "svg"):
             fig.savefig(out / f"{metric}_vs_{kind}.{ext}", dpi=110)
         plt.close(fig)
+
+
+def _errorbar(ax, pts: list[tuple[float, dict[str, Any]]], metric: str, **kw) -> None:
+    ax.errorbar(
+        [x for x, _ in pts],
+        [g.get(metric, math.nan) for _, g in pts],
+        yerr=[g.get(metric + "_std", 0) for _, g in pts],
+        capsize=3,
+        ms=4,
+        **kw,
+    )
+
+
+def _draw_vs_epsilon(ax, grouped: list[dict[str, Any]], metric: str) -> None:
+    """One line per method over target ε; non-private drawn at the right as ∞."""
+    finite = [g["target_epsilon"] for g in grouped if not math.isinf(g["target_epsilon"])]
+    inf_x = (max(finite) * 2) if finite else 1.0
+    for i, method in enumerate(sorted({g["method"] for g in grouped})):
+        pts = sorted(
+            (
+                (inf_x if math.isinf(g["target_epsilon"]) else g["target_epsilon"], g)
+                for g in grouped
+                if g["method"] == method
+            ),
+            key=lambda t: t[0],
+        )
+        _errorbar(ax, pts, metric, fmt="-o", label=method, color=f"C{i}")
+    ax.set_xscale("log")
+    ticks = sorted(set(finite)) + (
+        [inf_x] if any(math.isinf(g["target_epsilon"]) for g in grouped) else []
+    )
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" if t != inf_x else "∞" for t in ticks])
+    ax.set_xlabel("target ε (∞ = non-private)")
+
+
+def _draw_vs_bytes(ax, grouped: list[dict[str, Any]], metric: str) -> None:
+    """Bytes depend on the method, not on ε: one line per ε across methods (sorted by bytes),
+    one marker shape per method, so each line reads as the communication trade-off at that ε."""
+    markers = "osD^vP*X"
+    methods = sorted({g["method"] for g in grouped})
+    for i, eps in enumerate(sorted({g["target_epsilon"] for g in grouped})):
+        pts = sorted(
+            ((g.get("bytes_up", 0), g) for g in grouped if g["target_epsilon"] == eps),
+            key=lambda t: t[0],
+        )
+        label = "non-private" if math.isinf(eps) else f"ε = {eps:g}"
+        _errorbar(ax, pts, metric, fmt="-", color=f"C{i}", label=label, alpha=0.8)
+        for x, g in pts:
+            m = markers[methods.index(g["method"]) % len(markers)]
+            ax.plot([x], [g.get(metric, math.nan)], m, color=f"C{i}", ms=6)
+    for j, method in enumerate(methods):  # marker legend entries
+        ax.plot([], [], markers[j % len(markers)], color="0.3", label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes uploaded per run (all clients, all rounds)")
