@@ -90,7 +90,10 @@ def test_killed_sweep_resumes_only_missing_cells(tmp_path):
             assert r["spent_epsilon"] == "inf"
     for col in ("method", "target_epsilon", "spent_epsilon", "balanced_accuracy", "bytes_up"):
         assert col in rows[0]
-    assert (out / "report.md").exists()
+    md = (out / "report.md").read_text()
+    for r in cells:  # one markdown row per cell, with its ledger ε, after the group table
+        assert f"| {r['cell']} | {r['seed']} | {r['method']} | {r['target_epsilon']} | " in md
+    assert md.count("± ") >= 4 and "wall s" in md
     assert (out / "plots" / "balanced_accuracy_vs_epsilon.png").exists()
     assert (out / "plots" / "balanced_accuracy_vs_bytes.svg").exists()
 
