@@ -78,18 +78,15 @@ def evaluate(
         elif label_token_ids:
             preds.append(_label_word_predictions(out.logits, batch, label_token_ids))
     model.train(was_training)
-    inverse = torch.argsort(order)
-    losses = [torch.cat(losses)[inverse]] if losses else []
-    preds = [torch.cat(preds)[inverse]] if preds else []
-    loss = float(torch.cat(losses).mean()) if losses else math.nan
+    loss = float(torch.cat(losses).mean()) if losses else math.nan  # a mean: order is irrelevant
+    # predictions back in data order, to line up with the labels
+    pred = torch.cat(preds)[torch.argsort(order)].numpy() if preds else None
     out = {"loss": loss}
     if task == "classification":
-        pred = torch.cat(preds).numpy()
         out.update(classification_metrics(pred, data.labels.numpy(), num_labels))
     else:
         out["perplexity"] = math.exp(min(loss, 50.0))
-        if label_token_ids and data.classes is not None:
-            pred = torch.cat(preds).numpy()
+        if pred is not None and data.classes is not None:
             words = classification_metrics(pred, data.classes, len(label_token_ids))
             out.update({f"label_word_{k}": v for k, v in words.items()})
     return out

@@ -23,6 +23,7 @@ Supported: BERT-family encoders (``.embeddings`` + ``.encoder.layer``) with righ
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -107,8 +108,8 @@ class CachedPrefix(nn.Module):
                 self.cache.setdefault(k, h)
             return 0
         todo = [k for k in keys if k not in self.cache]
-        for length in sorted({len(k) for k in todo}):
-            same = [k for k in todo if len(k) == length]
+        for _, group in itertools.groupby(todo, key=len):  # todo is sorted by length
+            same = list(group)
             for s in range(0, len(same), batch_size):
                 part = same[s : s + batch_size]
                 for k, h in zip(part, self._compute([rows[k] for k in part])):

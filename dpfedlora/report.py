@@ -113,8 +113,8 @@ def write_report(out: str | Path) -> dict[str, Any]:
             w.writerow(["cell", *[_fmt(r.get(c, "")) for c in cols]])
         for g in grouped:
             w.writerow(["group", *[_fmt(g.get(c, "")) for c in cols]])
-    metric = next((m for m in METRICS if any(m in g for g in grouped)), None)
     shown = [m for m in METRICS if any(m in g for g in grouped)]
+    metric = shown[0] if shown else None  # the plotted one
     md = _markdown(grouped, rows, shown)
     failed = [r for r in rows if r.get("status", "").startswith("failed")]
     if failed:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..aggregation import Tensors, delta_weight, normalize_weights, weighted_mean
-from .base import ClientSpec, LoRAMethod, clone, register_method
+from ..aggregation import Tensors, delta_weight, normalize_weights
+from .base import ClientSpec, LoRAMethod, register_method
 
 
 @register_method
@@ -33,9 +33,7 @@ class FedEx(LoRAMethod):
         clients: Sequence[ClientSpec],
         round_idx: int,
     ) -> Tensors:
-        new = clone(state)
-        mean = weighted_mean(payloads, weights)
-        new.update(mean)
+        new = super().aggregate(payloads, weights, state, clients, round_idx)  # FedAvg of A, B
         p = normalize_weights(weights)
         s = self.scaling()
         for layer in self.layers:
@@ -44,7 +42,7 @@ class FedEx(LoRAMethod):
                 w * delta_weight(pl[layer.b], pl[layer.a], s, fan_in_fan_out=fifo)
                 for w, pl in zip(p, payloads)
             )
-            approx = delta_weight(mean[layer.b], mean[layer.a], s, fan_in_fan_out=fifo)
+            approx = delta_weight(new[layer.b], new[layer.a], s, fan_in_fan_out=fifo)
             new[layer.base] = state[layer.base] + (exact - approx)
         return new
 
