@@ -41,6 +41,11 @@ class Accountant(ABC):
     def __init__(self) -> None:
         self._events: list[tuple[Event, int]] = []
 
+    @property
+    def answered_by(self) -> str:
+        """The backend that gave the last answer (differs from ``name`` after a fallback)."""
+        return self.name
+
     def compose(self, event: Event, count: int = 1) -> Accountant:
         """Add ``count`` sequential applications of ``event``. Returns self (chainable)."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:

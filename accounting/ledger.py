@@ -19,6 +19,7 @@ Corruption policy:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -32,6 +33,7 @@ from .backends import make_accountant
 from .events import Composed, Event, EventFormatError, event_from_json, event_to_json
 
 __all__ = [
+    "fsync_directory",
     "Record",
     "Ledger",
     "LedgerError",
@@ -45,6 +47,20 @@ __all__ = [
 SCOPES: tuple[str, ...] = ("train", "init", "audit")
 _FIELDS = ("client", "round", "scope", "event")
 _MARKER = "repaired_truncated_line"
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Make a file's creation or rename durable: fsync its directory entry (POSIX)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # pragma: no cover - platforms without directory fds (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
 
 
 class LedgerError(ValueError):
@@ -104,6 +120,10 @@ class Record:
             "event": event_to_json(self.event),
         }
 
+    def digest(self) -> str:
+        """SHA-256 of the record's canonical JSON: checkpoints pin the ledger with it."""
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+
     @classmethod
     def from_json(cls, data: Any) -> Record:
         if not isinstance(data, dict):
@@ -137,6 +157,8 @@ class Ledger:
         self.truncated_line: int | None = None  # 1-based line number of an unrepaired fragment
         self._n_lines = 0
         self._cache: dict[tuple[str, int, float], float] = {}
+        # backends that actually answered (a PRV failure falls back to PLD, recorded here)
+        self.answered_by: set[str] = set()
         if self.path.exists():
             self._load()
 
@@ -185,6 +207,11 @@ class Ledger:
         if pending_fragment is not None:
             raise LedgerError(f"{self.path}: line {pending_fragment} is not valid JSON.")
 
+    def digest(self, count: int | None = None) -> str:
+        """Digest of record ``count - 1`` (default: the last); "" for an empty prefix."""
+        count = len(self.records) if count is None else count
+        return self.records[count - 1].digest() if count > 0 else ""
+
     def __iter__(self) -> Iterator[Record]:
         return iter(self.records)
 
@@ -202,7 +229,10 @@ class Ledger:
     def _epsilon_of(self, events: list[Event], delta: float) -> float:
         if not events:
             return 0.0
-        return make_accountant(self.accountant).compose(Composed(tuple(events))).epsilon(delta)
+        acc = make_accountant(self.accountant).compose(Composed(tuple(events)))
+        eps = acc.epsilon(delta)
+        self.answered_by.add(acc.answered_by)
+        return eps
 
     def epsilon(self, client: str, *, delta: float) -> float:
         """ε upper bound spent by ``client`` so far, at ``delta``."""
@@ -244,6 +274,7 @@ class Ledger:
             raise TypeError(f"`record` must be a Record. Found {type(record).__name__}.")
         line = json.dumps(record.to_json(), sort_keys=False) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
         prefix = ""
         if self.truncated_line is not None:
             prefix = "\n" + json.dumps({_MARKER: self.truncated_line}) + "\n"
@@ -251,6 +282,8 @@ class Ledger:
             fh.write(prefix + line)
             fh.flush()
             os.fsync(fh.fileno())
+        if created:  # the new file's directory entry must survive a crash too
+            fsync_directory(self.path.parent)
         if self.truncated_line is not None:
             self._n_lines += 1
             self.truncated_line = None

@@ -13,7 +13,6 @@ noise generator, divide by the expected batch size, take an optimizer step.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
@@ -30,17 +29,10 @@ from .config import Experiment
 from .data import TensorData
 from .galore import GaLoreAdamW
 from .methods.base import ClientSpec, Method
+from .noise import NoiseSource, derive_generator, make_noise_source
 from .preflight import PreflightError, check_model, check_moved
 
 __all__ = ["Client", "Engine", "LocalResult", "derive_generator", "LOSSES"]
-
-
-def derive_generator(seed: int, *parts: object) -> torch.Generator:
-    """An independent generator for (seed, purpose, round, client...): resumable and seeded."""
-    digest = hashlib.sha256("/".join(map(str, (seed, *parts))).encode()).digest()
-    g = torch.Generator()
-    g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return g
 
 
 # ------------------------------------------------------------------------------ losses
@@ -150,6 +142,8 @@ class Engine:
         self._checked_moved = False
         # audits swap in DPOptimizer subclasses (signed noise, canary injection); hooks mode only
         self.dp_optimizer_factory: Callable[..., torch.optim.Optimizer] | None = None
+        # audits observe every iterate (DP-SGD's guarantee covers releasing all of them)
+        self.step_hook: Callable[[], None] | None = None
 
     def _ensure_hooks(self, names: list[str]) -> None:
         """Opacus hooks on exactly the modules that train now. Re-hooked only when the
@@ -208,25 +202,28 @@ class Engine:
         params = [self.params[n] for n in names]
         before = self.snapshot(names)
         optimizer = _make_optimizer(cfg, params)
-        cid, seed = client.spec.cid, self.cfg.seed
-        sample_gen = derive_generator(seed, "poisson", round_idx, cid)
+        cid, seed, secure = client.spec.cid, self.cfg.seed, self.cfg.privacy.secure_mode
+        # Poisson membership is part of the mechanism: it comes from the same kind of source
+        sampler = make_noise_source(secure, seed, "poisson", round_idx, cid)
         if self.private:
             optimizer = self._dp_optimizer(
                 optimizer,
-                derive_generator(seed, "noise", round_idx, cid),
+                make_noise_source(secure, seed, "noise", round_idx, cid),
                 expected_batch=client.expected_batch,
             )
         self.model.train()
         n = len(client.data)
         losses, seen, t0 = [], 0, time.perf_counter()
         for _ in range(client.steps):
-            mask = torch.rand(n, generator=sample_gen) < client.sampling_rate
+            mask = sampler.uniform(n) < client.sampling_rate
             idx = torch.nonzero(mask).flatten()
             seen += int(idx.numel())
             loss = self._step(optimizer, client.data.subset(idx), params)
             if loss is not None:
                 losses.append(loss)
             method.after_step(self.params, client.spec)
+            if self.step_hook is not None:
+                self.step_hook()
             if self.private and not self._checked_moved and idx.numel() > 0:
                 check_moved(before, self.snapshot(names))
                 self._checked_moved = True
@@ -244,9 +241,11 @@ class Engine:
     def _dp_optimizer(
         self,
         optimizer: torch.optim.Optimizer,
-        noise_gen: torch.Generator,
+        noise_source: NoiseSource,
         expected_batch: float | None = None,
     ):
+        from .dp_optimizer import DP_OPTIMIZERS
+
         # The noised sum is divided by the *expected* batch size (not the realised one), as the
         # Poisson-sampled Gaussian mechanism's analysis assumes.
         kwargs = dict(
@@ -254,18 +253,11 @@ class Engine:
             max_grad_norm=self.cfg.privacy.clip_norm,
             expected_batch_size=expected_batch or self.cfg.train.batch_size,
             loss_reduction="mean",
-            generator=noise_gen,
-            secure_mode=self.cfg.privacy.secure_mode,
+            noise_source=noise_source,
         )
-        if self.cfg.privacy.grad_sample_mode == "ghost":
-            from opacus.optimizers import DPOptimizerFastGradientClipping
-
-            return DPOptimizerFastGradientClipping(optimizer, **kwargs)
         if self.dp_optimizer_factory is not None:
             return self.dp_optimizer_factory(optimizer, **kwargs)
-        from opacus.optimizers import DPOptimizer
-
-        return DPOptimizer(optimizer, **kwargs)
+        return DP_OPTIMIZERS[self.cfg.privacy.grad_sample_mode](optimizer, **kwargs)
 
     def _step(self, optimizer, batch: TensorData, params: list[nn.Parameter]) -> float | None:
         """One (DP-)SGD step on a Poisson batch; an empty batch still gets the noise."""
@@ -275,8 +267,8 @@ class Engine:
                 return None
             for p in params:  # zero per-sample gradients: the step adds noise only
                 p.grad_sample = p.new_zeros((0, *p.shape))
-                if self.cfg.privacy.grad_sample_mode == "ghost":
-                    p._norm_sample = p.new_zeros((0,))
+                p._norm_sample = p.new_zeros((0,))
+                p.grad = torch.zeros_like(p)  # ghost mode reads the clipped sum from .grad
             optimizer.step()
             return None
         if self.private and self.cfg.privacy.grad_sample_mode == "ghost":

@@ -9,6 +9,7 @@ Method-specific keys live under ``method`` and are validated by the method's own
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .errors import UserError
 
 __all__ = [
     "ConfigError",
@@ -34,8 +37,63 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config key or value is invalid."""
+
+
+# Option strings of the schema. Each has a registry elsewhere (tasks: client.LOSSES; partition
+# kinds: partition.PARTITIONERS; grad-sample modes: dp_optimizer.DP_OPTIMIZERS); a test checks
+# that every registry's keys equal these, so the config can be validated without importing torch.
+TASKS = ("classification", "causal_lm")
+POOLINGS = ("model", "mean")
+PARTITION_KINDS = ("iid", "dirichlet", "pathological", "by_column")
+PRIVACY_MODES = ("none", "sample")
+GRAD_SAMPLE_MODES = ("hooks", "ghost")
+OPTIMIZERS = ("sgd", "adamw")
+WEIGHTINGS = ("shard_size", "uniform")
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+def check_choice(key: str, value: object, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"`{key}` must be one of {', '.join(allowed)}. Found {value!r}.")
+
+
+def check_int(key: str, value: object, *, minimum: int, fix: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(
+            f"`{key}` must be an integer >= {minimum}. Found {value!r}."
+            + (f" {fix}" if fix else "")
+        )
+
+
+def check_number(
+    key: str,
+    value: object,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_inf: bool = False,
+    fix: str = "",
+) -> None:
+    """A finite number in [low, high] (open ends where asked); NaN is always refused."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if ok and math.isinf(value) and not allow_inf:
+        ok = False
+    if ok:
+        ok = (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high
+        )
+    if not ok:
+        if math.isinf(high):
+            what = f"{'>' if low_open else '>='} {low:g}"
+            what = ("a number " if allow_inf else "a finite number ") + what
+        else:
+            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+            what = f"a number in {lo}{low:g}, {high:g}{hi}"
+        raise ConfigError(f"`{key}` must be {what}. Found {value!r}." + (f" {fix}" if fix else ""))
 
 
 # ----------------------------------------------------------------------------- sections
@@ -58,10 +116,24 @@ class ModelConfig:
     dropout: float | None = None
 
     def __post_init__(self) -> None:
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(
-                "`model.dropout` must be in [0, 1), or null to keep the model's. "
-                f"Found {self.dropout}."
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"`model.name` must be a model id or path. Found {self.name!r}.")
+        check_choice("model.task", self.task, TASKS)
+        check_choice("model.pooling", self.pooling, POOLINGS)
+        check_int("model.num_labels", self.num_labels, minimum=2)
+        check_int("model.max_length", self.max_length, minimum=2, fix="Use e.g. 128.")
+        for i in self.layers:
+            check_int("model.layers", i, minimum=0)
+        if not DEVICE_PATTERN.match(str(self.device)):
+            raise ConfigError(f"`model.device` must be cpu, cuda or cuda:N. Found {self.device!r}.")
+        if self.dropout is not None:
+            check_number(
+                "model.dropout",
+                self.dropout,
+                low=0.0,
+                high=1.0,
+                high_open=True,
+                fix="Or null to keep the model's.",
             )
 
 
@@ -72,6 +144,17 @@ class PartitionConfig:
     labels_per_client: int = 1  # pathological: k labels per client
     column: str = ""  # by_column: natural users (one client per distinct value, largest first)
     size_skew: float = 0.0  # iid: shard sizes ~ lognormal(0, size_skew); 0 = equal sizes
+
+    def __post_init__(self) -> None:
+        check_choice("data.partition.kind", self.kind, PARTITION_KINDS)
+        check_number("data.partition.alpha", self.alpha, low=0.0, low_open=True)
+        check_int("data.partition.labels_per_client", self.labels_per_client, minimum=1)
+        check_number("data.partition.size_skew", self.size_skew, low=0.0, high=10.0)
+        if self.kind == "by_column" and not self.column:
+            raise ConfigError(
+                "`data.partition.column` must name a column when `data.partition.kind` is "
+                "by_column. Found ''."
+            )
 
 
 @dataclass(frozen=True)
@@ -90,6 +173,20 @@ class DataConfig:
     num_clients: int = 4
     partition: PartitionConfig = field(default_factory=PartitionConfig)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"`data.name` must be a dataset id or path. Found {self.name!r}.")
+        check_int("data.num_examples", self.num_examples, minimum=0, fix="0 means all.")
+        check_number(
+            "data.eval_fraction",
+            self.eval_fraction,
+            low=0.0,
+            high=1.0,
+            low_open=True,
+            high_open=True,
+        )
+        check_int("data.num_clients", self.num_clients, minimum=1)
+
 
 @dataclass(frozen=True)
 class MethodConfig:
@@ -102,12 +199,9 @@ class MethodConfig:
     weighting: str = "shard_size"  # shard_size | uniform: aggregation weights p_k
 
     def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ConfigError(f"`method.rank` must be a positive integer. Found {self.rank!r}.")
-        if self.weighting not in ("shard_size", "uniform"):
-            raise ConfigError(
-                f"`method.weighting` must be shard_size or uniform. Found {self.weighting!r}."
-            )
+        check_int("method.rank", self.rank, minimum=1)
+        check_number("method.alpha", self.alpha, low=0.0, low_open=True)
+        check_choice("method.weighting", self.weighting, WEIGHTINGS)
 
 
 @dataclass(frozen=True)
@@ -119,33 +213,52 @@ class PrivacyConfig:
     clip_norm: float = 1.0  # per-sample L2 clip C on exactly the trainable (sent) tensors
     accountant: str = "prv"  # prv | pld | rdp
     grad_sample_mode: str = "hooks"  # hooks | ghost
-    secure_mode: bool = False  # Opacus secure RNG for noise (slower; needed for real deployments)
+    # true: noise and Poisson sampling from a CSPRNG keyed from OS entropy (deployments);
+    # false: seeded from `seed`, reproducible by anyone holding the config (simulation only)
+    secure_mode: bool = False
+    # operator diagnostics outside the DP guarantee: label histogram and training loss
+    diagnostics: bool = True
 
     def __post_init__(self) -> None:
-        if self.mode not in ("none", "sample"):
-            raise ConfigError(f"`privacy.mode` must be none or sample. Found {self.mode!r}.")
-        if self.grad_sample_mode not in ("hooks", "ghost"):
-            raise ConfigError(
-                "`privacy.grad_sample_mode` must be hooks or ghost. "
-                f"Found {self.grad_sample_mode!r}."
+        from accounting import available_backends
+
+        check_choice("privacy.mode", self.mode, PRIVACY_MODES)
+        check_choice("privacy.grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
+        check_choice("privacy.accountant", self.accountant, available_backends())
+        check_number(
+            "privacy.delta",
+            self.delta,
+            low=0.0,
+            high=1.0,
+            low_open=True,
+            high_open=True,
+            fix="Use a value below 1/n, e.g. 1e-5.",
+        )
+        check_number("privacy.clip_norm", self.clip_norm, low=0.0, low_open=True)
+        if self.noise_multiplier is not None:
+            check_number(
+                "privacy.noise_multiplier",
+                self.noise_multiplier,
+                low=0.0,
+                low_open=True,
+                fix="Use privacy.mode=none for non-private training.",
             )
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"`privacy.delta` must be in (0, 1). Found {self.delta!r}.")
-        if not self.clip_norm > 0:
-            raise ConfigError(f"`privacy.clip_norm` must be > 0. Found {self.clip_norm!r}.")
+        if self.target_epsilon is not None:
+            check_number(
+                "privacy.target_epsilon",
+                self.target_epsilon,
+                low=0.0,
+                low_open=True,
+                allow_inf=True,
+                fix="inf means non-private.",
+            )
+            if math.isinf(self.target_epsilon) and self.noise_multiplier is None:
+                # ε = ∞ is a non-private run, as in sweeps: no noise, no ledger
+                object.__setattr__(self, "mode", "none")
         if self.mode == "sample" and self.noise_multiplier is None and self.target_epsilon is None:
             raise ConfigError(
-                "`privacy.mode=sample` needs `privacy.target_epsilon` or "
-                "`privacy.noise_multiplier`. Found neither."
-            )
-        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
-            raise ConfigError(
-                f"`privacy.noise_multiplier` must be > 0. Found {self.noise_multiplier!r}. "
-                "Use privacy.mode=none for non-private training."
-            )
-        if self.target_epsilon is not None and not self.target_epsilon > 0:
-            raise ConfigError(
-                f"`privacy.target_epsilon` must be > 0. Found {self.target_epsilon!r}."
+                "`privacy.target_epsilon` must be set when `privacy.mode` is sample (or give "
+                "`privacy.noise_multiplier`). Found neither."
             )
 
     @property
@@ -176,17 +289,35 @@ class TrainConfig:
     physical_batch_tokens: int = 0
 
     def __post_init__(self) -> None:
-        if self.physical_batch_tokens < 0:
-            raise ConfigError(
-                "`train.physical_batch_tokens` must be >= 0 (0 = whole batch). "
-                f"Found {self.physical_batch_tokens}."
-            )
+        check_int("train.local_steps", self.local_steps, minimum=1)
+        check_number("train.local_epochs", self.local_epochs, low=0.0, high=1e6)
+        check_int("train.batch_size", self.batch_size, minimum=1)
+        check_number(
+            "train.sampling_rate",
+            self.sampling_rate,
+            low=0.0,
+            high=1.0,
+            fix="It is a probability q in (0, 1]; 0 derives q from train.batch_size.",
+        )
+        check_number("train.lr", self.lr, low=0.0, low_open=True, fix="Use e.g. 0.01.")
+        check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        check_number("train.weight_decay", self.weight_decay, low=0.0)
+        check_int(
+            "train.physical_batch_tokens",
+            self.physical_batch_tokens,
+            minimum=0,
+            fix="0 means the whole batch.",
+        )
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     rounds: int = 2
     clients_per_round: int = 0  # 0 = all clients every round
+
+    def __post_init__(self) -> None:
+        check_int("server.rounds", self.rounds, minimum=1)
+        check_int("server.clients_per_round", self.clients_per_round, minimum=0, fix="0 means all.")
 
 
 @dataclass(frozen=True)
@@ -199,6 +330,14 @@ class Experiment:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+
+    def __post_init__(self) -> None:
+        check_int("seed", self.seed, minimum=0)
+        if not isinstance(self.name, str) or not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
+            raise ConfigError(
+                "`name` must be letters, digits, '.', '_' or '-' (it names the run directory). "
+                f"Found {self.name!r}."
+            )
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -311,7 +450,14 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"override must look like key=value. Found {pair!r}.")
         key, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        if not key.strip() or any(not part for part in key.strip().split(".")):
+            raise ConfigError(f"override must look like key=value. Found {pair!r}.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"override {pair!r}: the value is not valid YAML. Quote it, e.g. {key}='...'."
+            ) from None
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -338,8 +484,18 @@ def load_config(
     """Load an Experiment from YAML (or defaults) and apply dotted overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            data = yaml.safe_load(text) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}.") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a UTF-8 text file.") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}.") from None
         if not isinstance(data, dict):
             raise ConfigError(
                 f"{path}: the top level must be a mapping. Found {type(data).__name__}."

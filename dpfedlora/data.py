@@ -98,8 +98,11 @@ def _sms_spam(cfg: DataConfig) -> tuple[Rows, Rows | None]:
 
 def _from_datasets(cfg: DataConfig) -> tuple[Rows, Rows | None]:
     """Local files through datasets' packaged builders, or a hub id (needs a network)."""
+    import datasets
     from datasets import load_dataset
 
+    datasets.disable_progress_bars()  # its bars would interleave with the run's own lines
+    datasets.utils.logging.set_verbosity(50)  # a bad file becomes our one-line ConfigError
     path = Path(cfg.name)
     builders = {
         ".csv": "csv",
@@ -111,10 +114,32 @@ def _from_datasets(cfg: DataConfig) -> tuple[Rows, Rows | None]:
     if path.suffix in builders:
         if not path.is_file():
             raise ConfigError(f"`data.name` is a file path that does not exist: {cfg.name!r}.")
+        if path.stat().st_size == 0:
+            raise ConfigError(f"`data.name` is an empty file: {cfg.name!r}.")
         kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
-        ds = load_dataset(builders[path.suffix], data_files=str(path), split="train", **kwargs)
+        try:
+            ds = load_dataset(builders[path.suffix], data_files=str(path), split="train", **kwargs)
+        except Exception as exc:  # noqa: BLE001 - datasets raises many types for a bad file
+            raise ConfigError(
+                f"`data.name` = {cfg.name!r} cannot be read as {builders[path.suffix]} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                "Check its format and that it is UTF-8 text."
+            ) from None
         return ds.to_dict(), None
-    ds = load_dataset(cfg.name)
+    try:
+        ds = load_dataset(cfg.name)
+    except Exception as exc:  # noqa: BLE001 - offline, unknown id, bad files: all user-facing
+        raise ConfigError(
+            f"`data.name` = {cfg.name!r} is not a built-in, a local file or a loadable dataset "
+            f"({type(exc).__name__}). Built-ins: builtin:sms_spam, builtin:synthetic; local "
+            ".csv/.tsv/.json/.jsonl/.parquet files; hub ids need a network."
+        ) from None
+    for split in (cfg.train_split, cfg.eval_split):
+        if split and split not in ds:
+            raise ConfigError(
+                f"`data.train_split`/`eval_split` = {split!r} is not a split of {cfg.name!r}. "
+                f"Splits: {', '.join(ds)}."
+            )
     train = ds[cfg.train_split].to_dict()
     held = ds[cfg.eval_split].to_dict() if cfg.eval_split else None
     return train, held
@@ -262,10 +287,22 @@ def load_data(
     if cfg.name.startswith("builtin:") and cfg.name not in DATA_SOURCES:
         known = ", ".join(sorted([*DATA_SOURCES, "builtin:synthetic"]))
         raise ConfigError(f"unknown built-in dataset {cfg.name!r}. Built-ins: {known}.")
-    if tokenizer is None:
-        raise ConfigError(f"dataset {cfg.name!r} needs a tokenizer; model {model.name!r} has none.")
     source = DATA_SOURCES.get(cfg.name, _from_datasets)
     train_rows, eval_rows = source(cfg)
+    if not train_rows or not len(next(iter(train_rows.values()))):
+        raise ConfigError(f"`data.name` = {cfg.name!r} holds no examples.")
+    needed = (
+        [("text_column", cfg.text_column), ("label_column", cfg.label_column)]
+        if model.task == "classification"
+        else [("prompt_column", cfg.prompt_column), ("response_column", cfg.response_column)]
+    )
+    for key, column in needed:
+        _column(train_rows, column, key)  # a missing column fails before any tokenising
+    if tokenizer is None:
+        raise ConfigError(
+            f"`model.name` = {model.name!r} has no tokenizer, which dataset {cfg.name!r} needs. "
+            "Use a pretrained model (e.g. builtin:minilm) or data.name=builtin:synthetic."
+        )
     if (
         cfg.num_examples
         and cfg.name != "builtin:synthetic"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +35,28 @@ from accounting import (
     noise_multiplier_for,
 )
 
+from .advice import shard_warnings
 from .aggregation import Tensors
 from .client import Client, Engine, derive_generator
-from .config import ConfigError, Experiment
+from .config import ConfigError, Experiment, to_dict
 from .data import TensorData, load_data
+from .errors import UserError
 from .evaluate import evaluate
+from .interrupts import StopRequest
 from .methods import make_method
 from .methods.base import ClientSpec, Method, aggregation_gap
 from .models import build_model
+from .noise import make_noise_source, noise_source_name
 from .partition import label_histogram, partition
 from .progress import progress_bar, round_line, write_line
+from .resume import ResumeError, check_ledger, config_differences, ledger_pin
 from .rundir import RunDir, config_hash
 from .sb_init import apply_sign_svd, gradient_sum
 
 __all__ = ["Federation", "run", "RunError"]
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """The run cannot start or continue as asked."""
 
 
@@ -60,6 +65,80 @@ class Setup:
     clients: list[Client]
     eval_data: TensorData
     public: TensorData | None
+
+
+@dataclass
+class _Round:
+    """What step 2 of one round produced."""
+
+    payloads: list[Tensors] = field(default_factory=list)
+    views: list[Tensors] = field(default_factory=list)
+    specs: list[ClientSpec] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    faulty: list[dict[str, str]] = field(default_factory=list)
+    up: int = 0
+    down: int = 0
+    interrupted: bool = False
+
+    def add(self, client: Client, payload: Tensors, view: Tensors, loss: float, weighting: str):
+        self.payloads.append(payload)
+        self.views.append(view)
+        self.specs.append(client.spec)
+        self.weights.append(client.spec.num_examples if weighting == "shard_size" else 1.0)
+        self.losses.append(loss)
+        self.up += sum(t.numel() * t.element_size() for t in payload.values())
+
+
+@dataclass
+class RunState:
+    """Everything a checkpoint restores, saved and loaded whole."""
+
+    round: int
+    state: Tensors
+    history: list[dict[str, Any]]
+    bytes_up: int = 0
+    bytes_down: int = 0
+    faulty: list[dict[str, Any]] = field(default_factory=list)
+    stopped_reason: str = "completed"
+
+    @classmethod
+    def start(cls, state: Tensors) -> RunState:
+        return cls(0, state, [])
+
+    @classmethod
+    def load(cls, ckpt: dict[str, Any]) -> RunState:
+        return cls(
+            ckpt["round"],
+            ckpt["state"],
+            ckpt["history"],
+            ckpt["bytes_up"],
+            ckpt["bytes_down"],
+            ckpt.get("faulty", []),
+            ckpt.get("stopped_reason", "completed"),
+        )
+
+    def advance(self, rnd: int, state: Tensors, row: dict[str, Any], done: _Round) -> None:
+        self.round, self.state = rnd, state
+        self.history.append(row)
+        self.bytes_up += done.up
+        self.bytes_down += done.down
+
+    def payload(self, sigma: float, cfg_hash: str, cfg_dict: dict, pin: dict) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "state": self.state,
+            "history": self.history,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "faulty": self.faulty,
+            "noise_multiplier": sigma,
+            "config_hash": cfg_hash,
+            "config": cfg_dict,
+            "stopped_reason": self.stopped_reason,
+            **pin,
+        }
 
 
 class Federation:
@@ -136,6 +215,14 @@ class Federation:
             rank = self.method.client_rank(i, n, [len(s) for s in shards])
             spec = ClientSpec(str(i), i, n, rank)
             clients.append(Client(spec, train.subset(idx), q, steps))
+        left_out = (
+            len(train) - sum(len(s) for s in shards)
+            if cfg.data.partition.kind == "by_column"
+            else 0
+        )
+        self.warnings = shard_warnings(
+            cfg, [len(s) for s in shards], [c.sampling_rate for c in clients], left_out
+        )
         return Setup(clients, eval_data, public)
 
     def _init_event(self) -> Event | None:
@@ -188,7 +275,7 @@ class Federation:
                 self.setup.public,
                 clip_norm=None,
                 noise_multiplier=None,
-                generator=None,
+                noise_source=None,
             )
         else:
             p = self.cfg.privacy
@@ -206,138 +293,194 @@ class Federation:
                     c.data,
                     clip_norm=p.clip_norm,
                     noise_multiplier=m.init_noise_multiplier,  # type: ignore[attr-defined]
-                    generator=derive_generator(self.cfg.seed, "sb_init_noise", c.spec.cid),
+                    noise_source=make_noise_source(
+                        p.secure_mode, self.cfg.seed, "sb_init_noise", c.spec.cid
+                    ),
                 )
                 grads = g if grads is None else {k: grads[k] + g[k] for k in grads}
         apply_sign_svd(self.method, self.model, grads, step=m.init_scale)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ the loop
+    def _load_resume(self, resume: bool) -> dict[str, Any] | None:
+        """The checkpoint to continue from, after every check that protects the ledger."""
+        cfg = self.cfg
+        if not resume:
+            if self.dir.checkpoint.exists():
+                raise RunError(
+                    f"{self.dir.path} already holds a run. Pass --resume or another --out."
+                )
+            return None
+        ckpt = self.dir.load_checkpoint()
+        if ckpt is None:
+            return None
+        if ckpt["config_hash"] != config_hash(cfg):
+            diff = config_differences(ckpt.get("config", {}), to_dict(cfg))
+            raise RunError(
+                f"{self.dir.path} was started with a different config; cannot resume. "
+                f"Differing keys: {'; '.join(diff) or 'unknown (older checkpoint)'}."
+            )
+        try:
+            check_ledger(
+                ckpt,
+                self.dir.ledger,
+                accountant=cfg.privacy.accountant,
+                private=cfg.privacy.private,
+            )
+        except ResumeError as exc:
+            raise RunError(f"cannot resume {self.dir.path}: {exc}") from None
+        return ckpt
+
+    def _announce(self, sigma: float) -> None:
+        p, cfg = self.cfg.privacy, self.cfg
+        for line in self.warnings:
+            self.log(f"warning: {line}")
+        if not p.private:
+            return
+        how = (
+            "given"
+            if p.noise_multiplier is not None
+            else f"calibrated to ε = {p.target_epsilon:g} over {cfg.server.rounds} rounds"
+        )
+        qs = [c.sampling_rate for c in self.clients]
+        self.log(
+            f"DP: σ = {sigma:.4f} ({how}), C = {p.clip_norm}, δ = {p.delta:g}, "
+            f"accountant {p.accountant}; q per client {min(qs):.3f}-{max(qs):.3f}"
+        )
+        if not p.secure_mode:
+            self.log(
+                f"noise: seeded from seed = {cfg.seed} (in config.yaml), so anyone holding the "
+                "config can reproduce and subtract it: a simulation, not a deployment. Set "
+                "privacy.secure_mode=true for noise from OS entropy."
+            )
+
+    def _train_clients(self, rnd: int, state: Tensors, engine: Engine, sigma: float, stop):
+        """Step 2 for every sampled client: budget check and write-ahead, then train."""
+        p, method = self.cfg.privacy, self.method
+        out = _Round()
+        for client in self._sample(rnd):
+            if stop.requested:
+                out.interrupted = True
+                return out
+            cid = client.spec.cid
+            if p.private:
+                try:
+                    self.ledger.spend(
+                        cid,
+                        rnd,
+                        "train",
+                        client.planned_event(sigma),
+                        budget=p.budget,
+                        delta=p.delta,
+                    )
+                except BudgetExceededError as err:
+                    out.skipped.append(cid)
+                    self.log(
+                        f"round {rnd}: client {cid} skipped: this round would raise its ε from "
+                        f"{err.current_epsilon:.4f} to {err.planned_epsilon:.4f}, above the "
+                        f"budget {err.budget:g}."
+                    )
+                    continue
+            view = method.client_view(state, client.spec, rnd)
+            try:
+                res = client.train(engine, rnd, view)
+                payload = method.payload(res.trained, view, client.spec, rnd)
+                bad = [k for k, t in payload.items() if not bool(torch.isfinite(t).all())]
+                if bad:
+                    raise FloatingPointError(f"non-finite payload tensor {bad[0]}")
+            except Exception as exc:  # noqa: BLE001 - one client's failure must not end the run
+                out.faulty.append({"cid": cid, "error": f"{type(exc).__name__}: {exc}"})
+                self.log(
+                    f"round {rnd}: client {cid} failed ({type(exc).__name__}: {exc}); left out "
+                    "of the aggregate. Its recorded spend stays counted."
+                )
+                continue
+            out.add(client, payload, {**view, **res.trained}, res.loss, self.cfg.method.weighting)
+            out.down += method.download_numel(state, client.spec, rnd) * 4
+        return out
+
     def run(
         self, *, resume: bool = False, progress: bool = True, until_round: int | None = None
     ) -> dict[str, Any]:
         """Run (or resume) the rounds; ``until_round`` stops early after that round, cleanly
         checkpointed, so a later ``resume=True`` continues (time-sliced jobs, tests)."""
-        cfg, method = self.cfg, self.method
-        ckpt = self.dir.load_checkpoint() if resume else None
-        if not resume and self.dir.checkpoint.exists():
-            raise RunError(f"{self.dir.path} already holds a run. Pass --resume or another --out.")
-        if ckpt is not None and ckpt["config_hash"] != config_hash(cfg):
-            raise RunError(f"{self.dir.path} was started with a different config; cannot resume.")
+        cfg, method, p = self.cfg, self.method, self.cfg.privacy
+        ckpt = self._load_resume(resume)
         self.dir.create(cfg)
-        self._write_histogram()
-        self.ledger = Ledger(self.dir.ledger, accountant=cfg.privacy.accountant)
-        p = cfg.privacy
+        if p.diagnostics:
+            self._write_histogram()
+        self.ledger = Ledger(self.dir.ledger, accountant=p.accountant) if p.private else None
         sigma = ckpt["noise_multiplier"] if ckpt else self.plan_noise()
         from .client import LOSSES
 
         self._fedsb_init(LOSSES[cfg.model.task], state_ready=ckpt is not None)
-        state: Tensors = method.init_state()
         engine = Engine(cfg, method, self.model, noise_multiplier=sigma)
-        start, history, bytes_up, bytes_down = 1, [], 0, 0
-        stopped_reason = "completed"
+        st = RunState.start(method.init_state()) if ckpt is None else RunState.load(ckpt)
         if ckpt is not None:
-            state = ckpt["state"]
-            start = ckpt["round"] + 1
-            history = ckpt["history"]
-            bytes_up, bytes_down = ckpt["bytes_up"], ckpt["bytes_down"]
-            stopped_reason = ckpt.get("stopped_reason", "completed")
-            self.dir.rewrite_metrics(history)
-            for row in history:  # show what was already done
+            self.dir.rewrite_metrics(st.history)
+            for row in st.history:  # show what was already done
                 self.log(round_line(row, cfg.server.rounds) + " (from checkpoint)")
-        if p.private:
-            how = (
-                "given"
-                if p.noise_multiplier is not None
-                else f"calibrated to ε = {p.target_epsilon:g} over {cfg.server.rounds} rounds"
-            )
-            qs = [c.sampling_rate for c in self.clients]
-            self.log(
-                f"DP: σ = {sigma:.4f} ({how}), C = {p.clip_norm}, δ = {p.delta:g}, "
-                f"accountant {p.accountant}; q per client {min(qs):.3f}-{max(qs):.3f}"
-            )
+        self._announce(sigma)
         t_run = time.perf_counter()
         last = cfg.server.rounds if until_round is None else min(until_round, cfg.server.rounds)
-        rounds = range(start, last + 1) if stopped_reason == "completed" else range(0)
-        bar = progress_bar(rounds, progress)
-        for rnd in bar:
-            t0 = time.perf_counter()
-            # 1) sample clients
-            chosen = self._sample(rnd)
-            payloads, weights, specs, losses, skipped, views = [], [], [], [], [], []
-            round_up = round_down = 0
-            for client in chosen:
-                # 2) budget check + write-ahead record
-                if p.private:
-                    try:
-                        self.ledger.spend(
-                            client.spec.cid,
-                            rnd,
-                            "train",
-                            client.planned_event(sigma),
-                            budget=p.budget,
-                            delta=p.delta,
-                        )
-                    except BudgetExceededError as err:
-                        skipped.append(client.spec.cid)
-                        self.log(f"round {rnd}: skipping client {client.spec.cid}: {err}")
-                        continue
-                # 3) local training on the client's view
-                view = method.client_view(state, client.spec, rnd)
-                res = client.train(engine, rnd, view)
-                payload = method.payload(res.trained, view, client.spec, rnd)
-                payloads.append(payload)
-                views.append({**view, **res.trained})
-                specs.append(client.spec)
-                weights.append(
-                    client.spec.num_examples if cfg.method.weighting == "shard_size" else 1.0
+        reason = st.stopped_reason
+        with StopRequest() as stop:
+            bar = progress_bar(range(st.round + 1, last + 1), progress and reason == "completed")
+            for rnd in bar if reason == "completed" else ():
+                t0 = time.perf_counter()
+                # 1) sample clients, 2) budget + write-ahead, train each
+                done = self._train_clients(rnd, st.state, engine, sigma, stop)
+                st.faulty += [{"round": rnd, **f} for f in done.faulty]
+                if done.interrupted or stop.requested:
+                    reason = "interrupted"
+                    self._say_interrupted(rnd, stop.requested)
+                    break
+                if not done.payloads:
+                    reason = "all_clients_failed" if done.faulty else "budget_exhausted"
+                    self.log(f"round {rnd}: no client trained ({reason}); stopping.")
+                    break
+                # 4) aggregate
+                state = method.aggregate(done.payloads, done.weights, st.state, done.specs, rnd)
+                # the exactness gap is a measured quantity (FedIT's is > 0 with non-IID data)
+                gap = aggregation_gap(method, done.views, done.specs, done.weights, state)
+                # 5) evaluate and log
+                row = self._round_row(rnd, done, state, engine, gap, time.perf_counter() - t0)
+                st.advance(rnd, state, row, done)
+                self.dir.append_metrics(row)
+                write_line(bar, progress, self.log, round_line(row, cfg.server.rounds))
+                # 6) checkpoint, pinning the ledger it saw
+                self.dir.save_checkpoint(
+                    st.payload(sigma, config_hash(cfg), to_dict(cfg), ledger_pin(self.ledger))
                 )
-                losses.append(res.loss)
-                round_up += sum(t.numel() * t.element_size() for t in payload.values())
-                round_down += method.download_numel(state, client.spec, rnd) * 4
-            if not payloads:
-                stopped_reason = "budget_exhausted"
-                self.log(f"round {rnd}: no client can train within the budget; stopping.")
-                break
-            # 4) aggregate
-            state = method.aggregate(payloads, weights, state, specs, rnd)
-            # the exactness gap is a measured quantity (FedIT's is > 0 with heterogeneous data)
-            gap = aggregation_gap(method, views, specs, weights, state)
-            bytes_up += round_up
-            bytes_down += round_down
-            # 5) evaluate and log
-            metrics = self._evaluate(engine, state)
-            eps = self.ledger.epsilons(delta=p.delta) if p.private else {}
-            row = {
-                "round": rnd,
-                "clients": len(payloads),
-                "skipped": skipped,
-                "train_loss": float(np.nanmean(losses)) if losses else math.nan,
-                **{f"eval_{k}": v for k, v in metrics.items()},
-                "max_epsilon": max(eps.values(), default=0.0) if p.private else math.inf,
-                "aggregation_gap": gap,
-                "bytes_up": round_up,
-                "bytes_down": round_down,
-                "seconds": time.perf_counter() - t0,
-            }
-            history.append(row)
-            self.dir.append_metrics(row)
-            write_line(bar, progress, self.log, round_line(row, cfg.server.rounds))
-            # 6) checkpoint
-            self.dir.save_checkpoint(
-                {
-                    "round": rnd,
-                    "state": state,
-                    "history": history,
-                    "bytes_up": bytes_up,
-                    "bytes_down": bytes_down,
-                    "noise_multiplier": sigma,
-                    "config_hash": config_hash(cfg),
-                    "stopped_reason": "completed",
-                }
-            )
-        return self._summarise(
-            state, history, sigma, stopped_reason, bytes_up, bytes_down, time.perf_counter() - t_run
+        if reason == "completed" and st.round < cfg.server.rounds:
+            reason = "until_round"
+        return self._summarise(st, sigma, reason, time.perf_counter() - t_run)
+
+    def _say_interrupted(self, rnd: int, signame: str | None) -> None:
+        self.log(
+            f"interrupted ({signame or 'stop requested'}) during round {rnd}: stopped before "
+            f"finishing it. `--resume` continues from round {rnd}. The spend recorded for round "
+            f"{rnd} stays counted: the ledger is written before a client touches its data, and "
+            "the interrupted clients may have computed noisy updates from it."
         )
+
+    def _round_row(self, rnd, done, state, engine, gap, seconds) -> dict[str, Any]:
+        p = self.cfg.privacy
+        metrics = self._evaluate(engine, state)
+        eps = self.ledger.epsilons(delta=p.delta) if self.ledger is not None else {}
+        diag = p.diagnostics and bool(done.losses)
+        return {
+            "round": rnd,
+            "clients": len(done.payloads),
+            "skipped": done.skipped,
+            "faulty": [f["cid"] for f in done.faulty],
+            "train_loss": float(np.nanmean(done.losses)) if diag else math.nan,
+            **{f"eval_{k}": v for k, v in metrics.items()},
+            "max_epsilon": max(eps.values(), default=0.0) if p.private else math.inf,
+            "aggregation_gap": gap,
+            "bytes_up": done.up,
+            "bytes_down": done.down,
+            "seconds": seconds,
+        }
 
     def _write_histogram(self) -> None:
         import json
@@ -375,11 +518,11 @@ class Federation:
             return None
         return [self.tokenizer(f" {w}", add_special_tokens=False)["input_ids"][0] for w in names]
 
-    def _summarise(
-        self, state, history, sigma, stopped_reason, up, down, seconds
-    ) -> dict[str, Any]:
+    def _summarise(self, st: RunState, sigma: float, stopped_reason: str, seconds: float):
         cfg, p = self.cfg, self.cfg.privacy
-        eps = self.ledger.epsilons(delta=p.delta) if p.private else {}
+        history = st.history
+        eps = self.ledger.epsilons(delta=p.delta) if self.ledger is not None else {}
+        answered = sorted(self.ledger.answered_by) if self.ledger is not None else []
         final = {
             k[5:]: v for k, v in (history[-1] if history else {}).items() if k.startswith("eval_")
         }
@@ -394,11 +537,18 @@ class Federation:
             "target_epsilon": p.target_epsilon if p.private else None,
             "delta": p.delta,
             "accountant": p.accountant,
+            # the backends that really answered (a PRV failure falls back to PLD)
+            "accountant_used": "+".join(answered)
+            if answered
+            else (p.accountant if p.private else None),
+            "noise_source": noise_source_name(p.secure_mode) if p.private else None,
             "noise_multiplier": sigma,
             "clip_norm": p.clip_norm,
             "final": final,
-            "bytes_up": up,
-            "bytes_down": down,
+            "faulty_clients": st.faulty,
+            "warnings": self.warnings,
+            "bytes_up": st.bytes_up,
+            "bytes_down": st.bytes_down,
             "seconds": seconds,
             "seconds_per_round": seconds / max(1, len(history)),
             "clients": [
@@ -421,7 +571,7 @@ class Federation:
             title=f"{cfg.name}: {cfg.method.name}, "
             + (f"ε ≤ {p.target_epsilon:g}, δ = {p.delta:g}" if p.private else "non-private"),
         )
-        torch.save(state, self.dir.path / "checkpoint" / "final_state.pt")
+        torch.save(st.state, self.dir.path / "checkpoint" / "final_state.pt")
         return summary
 
 

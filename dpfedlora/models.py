@@ -29,6 +29,20 @@ HEADS: dict[str, str] = {
     "mistral": "score",
     "gpt2": "score",
 }
+# Encoder-only architectures: bidirectional, so they cannot be trained as causal LMs.
+ENCODER_TYPES = frozenset(
+    {
+        "bert",
+        "roberta",
+        "distilbert",
+        "albert",
+        "electra",
+        "deberta",
+        "deberta-v2",
+        "mpnet",
+        "xlm-roberta",
+    }
+)
 VOCAB = 128  # tiny models' vocabulary; the synthetic task draws from it
 
 
@@ -162,6 +176,13 @@ def _from_pretrained(cfg: ModelConfig, path: str) -> nn.Module:
         if cfg.pooling == "mean":
             return MeanPoolClassifier(AutoModel.from_pretrained(path), cfg.num_labels)
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=cfg.num_labels)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"`model.name` = {cfg.name!r} cannot be loaded ({first[:160]}). Use a built-in "
+            f"({', '.join(sorted([*MODEL_BUILDERS, *PRETRAINED]))}) or a local model folder; "
+            "hub ids need a network."
+        ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     if (
@@ -218,6 +239,12 @@ def build_model(cfg: ModelConfig, *, seed: int) -> BuiltModel:
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
     model_type = model.config.model_type
+    if cfg.task == "causal_lm" and model_type in ENCODER_TYPES:
+        raise ConfigError(
+            f"`model.task` = causal_lm needs a decoder, but `model.name` = {cfg.name!r} is an "
+            f"encoder ({model_type}). Use task classification, or a causal LM such as "
+            "builtin:tiny-llama or builtin:smollm2."
+        )
     targets, fifo = detect_targets(model_type, cfg.target_modules)
     head = HEADS.get(model_type) if cfg.task == "classification" else None
     # Device placement happens before adapters are injected (opacus#820: otherwise the LoRA

@@ -12,10 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import UserError
+
 __all__ = ["PreflightError", "check_model", "check_moved"]
 
 
-class PreflightError(RuntimeError):
+class PreflightError(UserError, RuntimeError):
     """The model cannot be trained with DP-SGD as configured."""
 
 

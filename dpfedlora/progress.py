@@ -18,8 +18,9 @@ def progress_bar(rounds: range, enabled: bool):
 
 
 def write_line(bar, enabled: bool, log: Callable[[str], None], line: str) -> None:
-    if enabled and hasattr(bar, "write"):
-        bar.write(line)
+    if enabled and hasattr(bar, "external_write_mode"):
+        with bar.external_write_mode():  # the line goes where `log` sends it (stdout or stderr)
+            log(line)
     else:
         log(line)
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import yaml
 
+from accounting.ledger import fsync_directory
+
 from .config import Experiment, to_dict
 
 __all__ = ["RunDir", "config_hash", "json_safe"]
@@ -44,6 +46,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fsync_directory(path.parent)  # the rename itself must be durable
 
 
 class RunDir:

@@ -9,7 +9,8 @@ truncated SVD: B = U_r, A = V_rᵀ (orthonormal), R = diag(S_r) / s, so s · B R
 * private: each client computes per-sample gradients, clips them jointly over all target layers
   to C, sums and adds N(0, σ_init² C² I) from an explicit generator: one Gaussian mechanism per
   client (each record enters the sum once), recorded in the ledger **before** it runs. The
-  server sums the noisy client sums; sign and SVD are post-processing.
+  server sums the noisy client sums; sign and SVD are post-processing. The noise comes from
+the run's noise source (seeded or secure, :mod:`dpfedlora.noise`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from .aggregation import Tensors
 from .data import TensorData
 from .methods.base import Method
+from .noise import NoiseSource
 
 __all__ = ["gradient_sum", "apply_sign_svd"]
 
@@ -34,7 +36,7 @@ def gradient_sum(
     *,
     clip_norm: float | None,
     noise_multiplier: float | None,
-    generator: torch.Generator | None,
+    noise_source: NoiseSource | None,
     batch_size: int = 64,
 ) -> Tensors:
     """Σ_i g_i over ``data`` for each target base weight; per-sample clipped and noised when
@@ -75,10 +77,11 @@ def gradient_sum(
                 p.grad_sample = None
             p.grad = None
     if noise_multiplier is not None:
-        assert clip_norm is not None and generator is not None
+        if clip_norm is None or noise_source is None:
+            raise ValueError("a noised gradient sum needs `clip_norm` and `noise_source`.")
         std = noise_multiplier * clip_norm
         for n in names:
-            total[n] = total[n] + std * torch.randn(total[n].shape, generator=generator)
+            total[n] = total[n] + noise_source.normal(total[n].shape, std=std, like=total[n])
     return total
 
 

@@ -37,6 +37,10 @@ class PRVBackend(Accountant):
         self.rel_error = rel_error
         self.fell_back = False
 
+    @property
+    def answered_by(self) -> str:
+        return "pld" if self.fell_back else self.name
+
     def _build(
         self, components: list[Component], delta_error: float, eps_error: float | None = None
     ) -> PRVAccountant:

@@ -14,6 +14,11 @@ round from B = 0): FFA/RoLoRA linear E‖·‖² = s²η²Tν² d ‖A‖_F²; F
 (B, A orthonormal); FedIT linear as FFA (B = 0) plus the noise x noise term
 E‖·‖² = s²η⁴T²ν⁴ d r k. Local training uses plain SGD here: Adam's normalisation would make
 every method non-linear in the noise and hide the structure being measured.
+
+This audit is **not private**: it trains on the clients' shards three times and writes exact
+signal norms. It therefore runs on synthetic data unless the caller passes
+``allow_private_data`` (CLI: ``--unsafe-uses-private-data``), and every use is recorded as a
+NonPrivate event (scope "audit") in the audit's own ledger before the shard is read.
 """
 
 from __future__ import annotations
@@ -24,15 +29,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from accounting import Ledger, NonPrivate
 
 from ..aggregation import Tensors
 from ..client import Engine
 from ..config import Experiment, load_config, to_dict
+from ..errors import UserError
 from ..federation import Federation
 from .optim import SignedNoiseDPOptimizer
 
-__all__ = ["NoiseSetting", "audit_noise", "measure"]
+__all__ = ["NoiseSetting", "audit_noise", "measure", "PUBLIC_DATA", "check_noise_audit"]
+
+# Data that holds no private records: the noise audit may train on it without a flag.
+PUBLIC_DATA = ("builtin:synthetic",)
+
+
+def check_noise_audit(cfg: Experiment, *, allow_private_data: bool) -> None:
+    """Refuse what the noise audit cannot do, before anything is read or written."""
+    if cfg.privacy.grad_sample_mode != "hooks":
+        raise UserError(
+            "`privacy.grad_sample_mode` must be hooks for the noise audit (its signed noise acts "
+            f"on hooks-mode per-sample gradients). Found {cfg.privacy.grad_sample_mode!r}. "
+            "Use --set privacy.grad_sample_mode=hooks: the noise is the same."
+        )
+    if cfg.data.name not in PUBLIC_DATA and not allow_private_data:
+        raise UserError(
+            f"`data.name` = {cfg.data.name!r} may hold private records, and the noise audit trains "
+            "on every shard three times without accounting and writes exact signal norms. Pass "
+            "--unsafe-uses-private-data to accept that (each use is recorded in the audit's "
+            "ledger), or audit on data.name=builtin:synthetic."
+        )
+
 
 SIGNS = (1.0, -1.0, 0.0)
 
@@ -73,7 +100,9 @@ def _prediction(fed: Federation, setting: NoiseSetting, cfg: Experiment) -> dict
     return {"linear": math.sqrt(lin), "nonlinear": math.sqrt(non)}
 
 
-def measure(base: Experiment, setting: NoiseSetting, workdir: Path) -> dict[str, Any]:
+def measure(
+    base: Experiment, setting: NoiseSetting, workdir: Path, ledger: Ledger | None = None
+) -> dict[str, Any]:
     """Signal, linear and non-linear noise norms for one method and setting."""
     cfg = load_config(
         None,
@@ -98,6 +127,14 @@ def measure(base: Experiment, setting: NoiseSetting, workdir: Path) -> dict[str,
         },
     )
     fed = Federation(cfg, workdir / setting.method, log=lambda s: None)
+    if ledger is not None:  # written before any shard is read
+        for client in fed.clients:
+            ledger.record(
+                client.spec.cid,
+                1,
+                "audit",
+                NonPrivate(f"noise audit {setting.method}: 3 runs (+ξ, -ξ, 0), exact norms"),
+            )
     m = fed.method
     engine = Engine(cfg, m, fed.model, noise_multiplier=setting.noise_multiplier)
     state = m.init_state()
@@ -177,7 +214,10 @@ def audit_noise(
     ranks: list[int],
     noise_multipliers: list[float],
     progress: bool = True,
+    ledger_path: Path | None = None,
+    allow_private_data: bool = False,
 ) -> list[dict[str, Any]]:
+    check_noise_audit(base, allow_private_data=allow_private_data)
     settings = [
         NoiseSetting(m, t, r, s)
         for m in methods
@@ -191,9 +231,8 @@ def audit_noise(
         from tqdm.auto import tqdm
 
         iterator = tqdm(settings, desc="audit noise", unit="setting", leave=False)
+    ledger = None if ledger_path is None else Ledger(ledger_path, accountant="rdp")
     with tempfile.TemporaryDirectory() as tmp:
         for i, setting in enumerate(iterator):
-            with torch.no_grad():
-                pass
-            rows.append(measure(base, setting, Path(tmp) / str(i)))
+            rows.append(measure(base, setting, Path(tmp) / str(i), ledger))
     return rows

@@ -1,34 +1,41 @@
-"""DPOptimizer variants used only by audits."""
+"""DPOptimizer variants used only by audits (hooks mode; ghost clipping is refused by the audits).
+
+Both act in ``add_noise``, which Opacus calls once per *logical* DP step: physical chunks of a
+Poisson batch (``train.physical_batch_tokens``) only accumulate clipped gradients, so a canary
+joins a step at most once, exactly like a record.
+"""
 
 from __future__ import annotations
 
 import torch
-from opacus.optimizers import DPOptimizer
+
+from ..dp_optimizer import SourcedDPOptimizer
 
 __all__ = ["SignedNoiseDPOptimizer", "CanaryDPOptimizer"]
 
 
-class SignedNoiseDPOptimizer(DPOptimizer):
-    """Adds ``sign`` x the noise Opacus would add (sign in {1, -1, 0}). The generator advances
+class SignedNoiseDPOptimizer(SourcedDPOptimizer):
+    """Adds ``sign`` x the noise the source draws (sign in {1, -1, 0}). The source advances
     identically for every sign, so runs with ξ, -ξ and 0 share all other randomness."""
 
-    def __init__(self, optimizer, *, sign: float, **kwargs) -> None:
+    def __init__(self, optimizer, *, sign: float = 1.0, **kwargs) -> None:
         super().__init__(optimizer, **kwargs)
         self.sign = float(sign)
 
     def add_noise(self) -> None:
+        clean = [p.summed_grad for p in self.params]
         super().add_noise()
-        for p in self.params:
-            if p.summed_grad is None:
-                continue
-            noisy = p.grad.view_as(p.summed_grad)
-            p.grad = (p.summed_grad + self.sign * (noisy - p.summed_grad)).view_as(p)
+        if self.sign == 1.0:
+            return
+        for p, s in zip(self.params, clean):
+            noisy = p.grad.view_as(s)
+            p.grad = (s + self.sign * (noisy - s)).view_as(p)
 
 
-class CanaryDPOptimizer(DPOptimizer):
-    """White-box "Dirac" gradient canaries (Steinke et al. 2023): at each step every included
-    canary joins the Poisson batch with probability q, contributing its fixed direction (norm =
-    the clip norm, i.e. already clipped) to the clipped sum before the noise."""
+class CanaryDPOptimizer(SignedNoiseDPOptimizer):
+    """White-box "Dirac" gradient canaries (Steinke et al. 2023): at each logical step every
+    included canary joins with probability q, contributing its fixed direction (norm = the clip
+    norm, i.e. already clipped) to the clipped sum before the noise."""
 
     def __init__(
         self,
@@ -46,11 +53,11 @@ class CanaryDPOptimizer(DPOptimizer):
         self.sampling_rate = sampling_rate
         self.canary_generator = canary_generator
 
-    def clip_and_accumulate(self) -> None:
-        super().clip_and_accumulate()
+    def add_noise(self) -> None:
         m = self.included.numel()
         drawn = torch.rand(m, generator=self.canary_generator) < self.sampling_rate
-        active = (drawn & self.included).float()
+        active = (drawn & self.included).to(self.directions[0].dtype)
         for p, d in zip(self.params, self.directions):
-            extra = torch.einsum("m,m...->...", active, d)
-            p.summed_grad = extra if p.summed_grad is None else p.summed_grad + extra
+            extra = torch.einsum("m,m...->...", active, d).to(p.summed_grad.dtype)
+            p.summed_grad = p.summed_grad + extra.view_as(p.summed_grad)
+        super().add_noise()

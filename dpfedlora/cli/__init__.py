@@ -12,6 +12,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from accounting import LedgerError
+
+from ..errors import UserError
+
 __all__ = ["main", "VERBS", "CLIError", "OneLineParser"]
 
 VERBS: dict[str, str] = {
@@ -25,7 +29,7 @@ VERBS: dict[str, str] = {
 }
 
 
-class CLIError(Exception):
+class CLIError(UserError):
     """A user error: printed as one line, exit status 2."""
 
 
@@ -51,11 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    verb = getattr(args, "verb", "")
     try:
         return int(args.handler(args) or 0)
-    except CLIError as exc:
-        print(f"dpfedlora {getattr(args, 'verb', '')}: error: {exc}", file=sys.stderr)
+    except (UserError, LedgerError) as exc:
+        # one line: the key or file, the value found, the fix (never a traceback)
+        message = " ".join(str(exc).split())
+        print(f"dpfedlora {verb}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"dpfedlora {verb}: interrupted. A run continues with --resume; every release "
+            "recorded in its ledger stays counted.",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

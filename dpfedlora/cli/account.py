@@ -70,13 +70,27 @@ def steps(text: str) -> int:
     return value
 
 
-def existing_file(text: str) -> Path:
+def existing_path(text: str) -> Path:
     path = Path(text)
-    if not path.is_file():
+    if not path.exists():
         raise argparse.ArgumentTypeError(
-            f"no such file: {text!r}. Give the ledger.jsonl of a run directory."
+            f"no such file or directory: {text!r}. Give a run directory or its ledger.jsonl."
         )
     return path
+
+
+def _run_settings(run_dir: Path) -> dict[str, Any]:
+    """δ, accountant and privacy mode of a run directory, from its resolved config.yaml."""
+    import yaml
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        return {}
+    try:
+        privacy = (yaml.safe_load(cfg_path.read_text()) or {}).get("privacy", {}) or {}
+    except (yaml.YAMLError, AttributeError):
+        raise CLIError(f"{cfg_path} is not a valid run config (YAML mapping).") from None
+    return privacy if isinstance(privacy, dict) else {}
 
 
 def _add_common(p: argparse.ArgumentParser, *, with_delta: bool = True) -> None:
@@ -87,8 +101,9 @@ def _add_common(p: argparse.ArgumentParser, *, with_delta: bool = True) -> None:
     p.add_argument(
         "--accountant",
         choices=available_backends(),
-        default="prv",
-        help="accountant backend (default: prv, its upper bound; pld and rdp via dp-accounting)",
+        default=None if not with_delta else "prv",
+        help="accountant backend (default: prv, its upper bound; pld and rdp via dp-accounting;"
+        " for a run directory, the run's own)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -122,9 +137,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_calibrate)
 
     p = sub.add_parser("ledger", help="ε per client replayed from a privacy ledger")
-    p.add_argument("path", metavar="PATH", type=existing_file, help="ledger.jsonl file")
     p.add_argument(
-        "--delta", type=delta, default=1e-5, help="δ at which to report ε (default 1e-5)"
+        "path", metavar="PATH", type=existing_path, help="a run directory or a ledger.jsonl file"
+    )
+    p.add_argument(
+        "--delta",
+        type=delta,
+        default=None,
+        help="δ at which to report ε (default: the run's privacy.delta, else 1e-5)",
     )
     _add_common(p, with_delta=False)
     p.set_defaults(handler=cmd_ledger)
@@ -149,13 +169,12 @@ def cmd_epsilon(args: argparse.Namespace) -> int:
     event = dpsgd_event(
         noise_multiplier=args.noise_multiplier, sampling_rate=args.sample_rate, steps=args.steps
     )
-    eps = _with_warnings(
-        "epsilon", lambda: make_accountant(args.accountant).compose(event).epsilon(args.delta)
-    )
+    acc = make_accountant(args.accountant).compose(event)
+    eps = _with_warnings("epsilon", lambda: acc.epsilon(args.delta))
     _emit(
         args,
-        {"epsilon": eps, "delta": args.delta, "accountant": args.accountant},
-        f"ε = {eps:.4f} at δ = {args.delta:g} ({args.accountant} upper bound; "
+        {"epsilon": eps, "delta": args.delta, "accountant": acc.answered_by},
+        f"ε = {eps:.4f} at δ = {args.delta:g} ({acc.answered_by} upper bound; "
         f"σ = {args.noise_multiplier:g}, q = {args.sample_rate:g}, {args.steps} steps)",
     )
     return 0
@@ -191,15 +210,33 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
+    path: Path = args.path
+    settings = _run_settings(path if path.is_dir() else path.parent)
+    if path.is_dir():
+        if settings.get("mode") == "none":
+            print(f"{path}: a non-private run has no ledger: nothing private was released.")
+            return 0
+        path = path / "ledger.jsonl"
+        if not path.is_file():
+            raise CLIError(
+                f"{args.path}: no ledger.jsonl. Give a run directory of a private run (its "
+                "ledger is written before the first release)."
+            )
+    args.delta = args.delta if args.delta is not None else float(settings.get("delta", 1e-5))
+    args.accountant = args.accountant or settings.get("accountant", "prv")
+
     def replay() -> tuple[Ledger, dict[str, float]]:
-        ledger = Ledger(args.path, accountant=args.accountant)
+        ledger = Ledger(path, accountant=args.accountant)
         return ledger, ledger.epsilons(delta=args.delta)
 
     try:
         ledger, eps = _with_warnings("ledger", replay)
-    except LedgerError as exc:
+    except (LedgerError, UnicodeDecodeError) as exc:
+        raise CLIError(f"{path}: not a valid ledger: {exc}") from None
+    except ValueError as exc:
         raise CLIError(str(exc)) from None
     max_eps = max(eps.values(), default=0.0)
+    used = "+".join(sorted(ledger.answered_by)) or args.accountant
     if args.json:
         print(
             json.dumps(
@@ -208,13 +245,13 @@ def cmd_ledger(args: argparse.Namespace) -> int:
                     "max_epsilon": max_eps,
                     "clients": eps,
                     "delta": args.delta,
-                    "accountant": args.accountant,
+                    "accountant": used,
                     "records": len(ledger),
                 }
             )
         )
         return 0
-    print(f"{len(ledger)} releases, {len(eps)} clients, δ = {args.delta:g} ({args.accountant})")
+    print(f"{len(ledger)} releases, {len(eps)} clients, δ = {args.delta:g} ({used} upper bound)")
     print(f"{'client':>10}  {'releases':>8}  {'epsilon':>8}")
     for client, e in eps.items():
         n = sum(1 for r in ledger if r.client == client)

@@ -57,7 +57,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="σ values, unitless (list sweeps); default privacy.noise_multiplier or 1",
     )
-    n.add_argument("--out", help="directory for noise_audit.md/.json and plots")
+    n.add_argument(
+        "--out",
+        help="directory for noise_audit.md/.json, plots and the audit's ledger "
+        "(default runs/audit-noise-<name>)",
+    )
+    n.add_argument(
+        "--unsafe-uses-private-data",
+        action="store_true",
+        help="allow a dataset other than builtin:synthetic: trains on each shard 3x without "
+        "accounting (recorded as NonPrivate in the audit's ledger)",
+    )
     n.add_argument("--json", action="store_true", help="print one JSON object keyed by method")
     n.add_argument("--no-progress", action="store_true")
     n.set_defaults(handler=cmd_noise, verb="audit noise")
@@ -102,7 +112,7 @@ def _load(args):
 
 
 def cmd_noise(args: argparse.Namespace) -> int:
-    from ..audit.noise import audit_noise
+    from ..audit.noise import audit_noise, check_noise_audit
     from ..audit.report import noise_table, plot_noise
     from ..methods import METHODS
 
@@ -113,6 +123,9 @@ def cmd_noise(args: argparse.Namespace) -> int:
         raise CLIError(
             f"argument --methods: unknown {unknown}. Allowed: {', '.join(sorted(METHODS))}."
         )
+    check_noise_audit(cfg, allow_private_data=args.unsafe_uses_private_data)
+    out = Path(args.out or f"runs/audit-noise-{cfg.name}")
+    out.mkdir(parents=True, exist_ok=True)
     rows = audit_noise(
         cfg,
         methods=methods,
@@ -120,14 +133,13 @@ def cmd_noise(args: argparse.Namespace) -> int:
         ranks=args.ranks or [cfg.method.rank],
         noise_multipliers=args.noise_multipliers or [cfg.privacy.noise_multiplier or 1.0],
         progress=not args.no_progress,
+        ledger_path=out / "ledger.jsonl",
+        allow_private_data=args.unsafe_uses_private_data,
     )
     table = noise_table(rows)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "noise_audit.md").write_text(table)
-        (out / "noise_audit.json").write_text(json.dumps(rows, indent=1))
-        plot_noise(rows, out / "plots")
+    (out / "noise_audit.md").write_text(table)
+    (out / "noise_audit.json").write_text(json.dumps(rows, indent=1))
+    plot_noise(rows, out / "plots")
     if args.json:
         by_method: dict = {}
         for r in rows:
@@ -140,27 +152,25 @@ def cmd_noise(args: argparse.Namespace) -> int:
 
 
 def cmd_privacy(args: argparse.Namespace) -> int:
-    from ..audit.privacy import AuditError, audit_privacy
+    from ..audit.privacy import audit_privacy, refuse_unaudited_modes
 
     cfg = _load(args)
+    refuse_unaudited_modes(cfg)
     if not 0 < args.confidence < 1:
         raise CLIError(f"argument --confidence: must be in (0, 1). Found {args.confidence}.")
     if args.canaries < 2:
         raise CLIError(f"argument --canaries: must be >= 2. Found {args.canaries}.")
     out = args.out or f"runs/audit-{cfg.name}-{args.canary_kind}"
-    try:
-        result = audit_privacy(
-            cfg,
-            out,
-            canaries=args.canaries,
-            guesses=args.guesses or max(2, args.canaries // 10),
-            kind=args.canary_kind,
-            confidence=args.confidence,
-            steps=args.steps or None,
-            unsafe_no_noise=args.unsafe_no_noise,
-        )
-    except AuditError as exc:
-        raise CLIError(str(exc)) from None
+    result = audit_privacy(
+        cfg,
+        out,
+        canaries=args.canaries,
+        guesses=args.guesses or max(2, args.canaries // 10),
+        kind=args.canary_kind,
+        confidence=args.confidence,
+        steps=args.steps or None,
+        unsafe_no_noise=args.unsafe_no_noise,
+    )
     line = (
         f"| {args.canary_kind} canaries | m = {result['canaries']} | {result['correct_guesses']}/"
         f"{result['guesses']} correct | ε lower bound {result['epsilon_lower']:.3f} "

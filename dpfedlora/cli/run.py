@@ -32,30 +32,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
-    from ..config import ConfigError, load_config
-    from ..federation import RunError, run
-    from ..preflight import PreflightError
+    from ..config import load_config
     from ..rundir import config_hash, json_safe
 
     if not Path(args.config).is_file():
         raise CLIError(f"argument CONFIG: no such file: {args.config!r}.")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        raise CLIError(str(exc)) from None
-    out = args.out or f"runs/{cfg.name}-{cfg.method.name}-{config_hash(cfg)[:8]}"
-    try:
-        summary = run(
-            cfg,
-            out,
-            resume=args.resume,
-            progress=not args.no_progress,
-            until_round=args.until_round,
+    if args.until_round is not None and args.until_round < 1:
+        raise CLIError(
+            f"argument --until-round: must be an integer >= 1. Found {args.until_round}."
         )
-    except (ConfigError, RunError, PreflightError) as exc:
-        raise CLIError(str(exc)) from None
+    cfg = load_config(args.config, args.overrides)  # the whole config, before anything is built
+    out = args.out or f"runs/{cfg.name}-{cfg.method.name}-{config_hash(cfg)[:8]}"
+    from ..federation import run
+
+    # With --json, stdout carries only the JSON document; every human line goes to stderr.
+    def log(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    summary = run(
+        cfg,
+        out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        until_round=args.until_round,
+        log=log,
+    )
+    code = 130 if summary["stopped_reason"] == "interrupted" else 0
     if args.json:
         print(json.dumps(json_safe(summary)))
     else:
@@ -71,4 +76,4 @@ def cmd_run(args: argparse.Namespace) -> int:
             + ", ".join(f"{k} {v:.3f}" for k, v in final.items() if isinstance(v, float))
             + f" -> {out}"
         )
-    return 0
+    return code

@@ -7,6 +7,7 @@ import torch
 
 from dpfedlora.client import Engine
 from dpfedlora.galore import GaLoreAdamW
+from dpfedlora.noise import SeededNoise
 from tests.helpers import federation
 
 
@@ -34,7 +35,7 @@ def _one_step(tmp_path, mode, *extra, private=True):
     params = [engine.params[n] for n in names]
     opt = torch.optim.SGD(params, lr=1.0)
     if private:
-        opt = engine._dp_optimizer(opt, torch.Generator().manual_seed(0))
+        opt = engine._dp_optimizer(opt, SeededNoise(0, "test"))
     before = {n: engine.params[n].detach().clone() for n in names}
     engine._step(opt, fed.clients[0].data.subset(torch.arange(12)), params)
     return {n: engine.params[n].detach() - before[n] for n in names}

@@ -9,6 +9,7 @@ import torch
 from opacus import GradSampleModule
 
 from dpfedlora.client import LOSSES, Engine
+from dpfedlora.noise import SeededNoise
 from dpfedlora.preflight import PreflightError, check_model, check_moved
 from tests.helpers import federation
 
@@ -86,7 +87,7 @@ def test_noise_std_is_sigma_c_over_batch(tmp_path):
         engine.load(start)
         opt = engine._dp_optimizer(
             torch.optim.SGD([params[n] for n in names], lr=1.0),
-            torch.Generator().manual_seed(draw),
+            SeededNoise(draw, "noise-test"),
         )
         engine._step(opt, batch, [params[n] for n in names])
         for n in names:
