@@ -12,6 +12,8 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_ARGS ?=
+# pytest-xdist workers (one per core by default; TEST_WORKERS=0 runs in one process)
+TEST_WORKERS ?= auto
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -34,10 +36,10 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow and not gpu"
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m "slow"; rc=$$?; [ $$rc -eq 5 ] && echo "no slow tests" || exit $$rc
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "slow"; rc=$$?; [ $$rc -eq 5 ] && echo "no slow tests" || exit $$rc
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q

@@ -20,6 +20,7 @@ import torch
 from dpfedlora.client import Engine
 from dpfedlora.config import load_config
 from dpfedlora.federation import Federation, run
+from dpfedlora.noise import SeededNoise
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -40,7 +41,7 @@ def time_steps(method: str, steps: int, overrides: list[str]) -> tuple[float, fl
         params = [engine.params[n] for n in names]
         opt = torch.optim.AdamW(params, lr=1e-3)
         if mode == "dp":
-            opt = engine._dp_optimizer(opt, torch.Generator().manual_seed(0))
+            opt = engine._dp_optimizer(opt, SeededNoise(0, "bench"))
         engines[mode] = (engine, opt, params, fed.clients[0])
     g = torch.Generator().manual_seed(0)
     for i in range(steps + 3):

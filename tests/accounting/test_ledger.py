@@ -44,9 +44,23 @@ def test_one_json_line_per_release_and_fsync(tmp_path, monkeypatch):
     ledger = Ledger(path)
     ledger.record("a", 0, "init", ROUND)
     ledger.record("a", 1, "train", ROUND)
-    assert len(calls) == 2
+    # one fsync per record, plus one of the directory when the file is created
+    assert len(calls) == 3
     lines = path.read_text().splitlines()
     assert [set(json.loads(x)) for x in lines] == [{"client", "round", "scope", "event"}] * 2
+
+
+def test_record_digest_pins_content(tmp_path):
+    ledger = Ledger(tmp_path / "l.jsonl")
+    assert ledger.digest() == ""
+    ledger.record("a", 1, "train", ROUND)
+    d1 = ledger.digest()
+    ledger.record("a", 2, "train", ROUND)
+    assert ledger.digest(1) == d1 != ledger.digest()
+    assert Ledger(tmp_path / "l.jsonl").digest() == ledger.digest()  # stable across loads
+    other = Ledger(tmp_path / "m.jsonl")
+    other.record("a", 1, "init", ROUND)  # same event, other scope: another digest
+    assert other.digest() != d1
 
 
 def test_budget_check_refuses_the_crossing_step_and_allows_the_one_before(tmp_path):

@@ -128,7 +128,7 @@ def _replace(flag, value):
             ],
             "argument --target-epsilon: must be a positive finite number. Found -1.",
         ),
-        (["ledger", "missing.jsonl"], "argument PATH: no such file: 'missing.jsonl'"),
+        (["ledger", "missing.jsonl"], "argument PATH: no such file or directory: 'missing.jsonl'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, expected):

@@ -29,14 +29,15 @@ def test_run_cli_json_summary(tmp_path):
         "--json",
     )
     assert out.returncode == 0, out.stderr
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    summary = json.loads(out.stdout)  # stdout is exactly one JSON document
     assert summary["method"] == "fedsb" and summary["rounds_completed"] == 2
     assert summary["max_epsilon"] <= 3.0
     for name in ("config.yaml", "metrics.jsonl", "ledger.jsonl", "summary.json", "checkpoint"):
         assert (tmp_path / "r" / name).exists()
     rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
-    assert "round 2/2" in out.stdout and "max ε" in out.stdout
+    # the human lines went to stderr
+    assert "round 2/2" in out.stderr and "max ε" in out.stderr and "noise: seeded" in out.stderr
 
 
 def test_run_cli_bad_config_exits_2(tmp_path):

@@ -83,5 +83,7 @@ def test_by_column_natural_users():
 
 
 def test_unknown_partition():
-    with pytest.raises(ConfigError, match="must be one of by_column, dirichlet, iid, pathological"):
+    with pytest.raises(
+        ConfigError, match="must be one of iid, dirichlet, pathological, by_column. Found 'shards'"
+    ):
         partition(LABELS, cfg(kind="shards"), seed=0)

@@ -112,7 +112,11 @@ def test_stratified_split_is_seeded():
         ),
         (dict(label_names=("ham",)), {}, r"labels \['spam'\] are not in `data.label_names`"),
         (dict(), {}, "labels in 'label' are not integers"),
-        (dict(label_names=("ham", "spam")), dict(num_labels=1), "Set model.num_labels to 2"),
+        (
+            dict(label_names=("ham", "spam")),
+            dict(num_labels=1),
+            r"`model.num_labels` must be an integer >= 2. Found 1",
+        ),
     ],
 )
 def test_bad_data_errors(tmp_path, cfg, model, message):

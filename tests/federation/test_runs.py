@@ -21,17 +21,13 @@ def test_every_method_runs_with_dp_within_budget(tmp_path, name):
     summary = run(cfg, tmp_path / name, progress=False, log=lambda s: None)
     assert summary["rounds_completed"] == 2 and summary["stopped_reason"] == "completed"
     assert 0 < summary["max_epsilon"] <= cfg.privacy.target_epsilon
-    for key in (
-        "method",
-        "delta",
-        "accountant",
-        "noise_multiplier",
-        "final",
-        "bytes_up",
-        "bytes_down",
-    ):
-        assert key in summary
-    assert summary["final"]["accuracy"] >= 0 and summary["bytes_up"] > 0
+    assert summary["method"] == name and summary["delta"] == cfg.privacy.delta
+    assert summary["accountant_used"] == "prv" and summary["noise_source"] == "seeded"
+    assert summary["noise_multiplier"] > 0 and summary["faulty_clients"] == []
+    # two DP rounds are not enough for every method to learn the tiny task, but none may fall
+    # clearly below the majority class (a broken update would)
+    assert summary["final"]["accuracy"] >= summary["final"]["majority_baseline"] - 0.05
+    assert summary["bytes_up"] > 0
 
 
 def test_ledger_replay_equals_cli_epsilon(tmp_path):
@@ -110,7 +106,8 @@ def test_budget_stops_before_crossing(tmp_path):
     # rdp: ε after 5 rounds = 2.91, after 6 = 3.17 (10 steps of q = 32/240, σ = 1.8)
     assert summary["rounds_completed"] == 5
     assert summary["max_epsilon"] <= 3.0
-    assert any("skipping client" in x for x in lines)
+    assert any("skipped: this round would raise its ε" in x for x in lines)
+    assert not any("Skip this client" in x for x in lines)  # it is already skipped
     ledger = Ledger(tmp_path / "r" / "ledger.jsonl", accountant="rdp")
     assert ledger.max_epsilon(delta=cfg.privacy.delta) <= 3.0
 
