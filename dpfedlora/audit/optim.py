@@ -33,31 +33,33 @@ class SignedNoiseDPOptimizer(SourcedDPOptimizer):
 
 
 class CanaryDPOptimizer(SignedNoiseDPOptimizer):
-    """White-box "Dirac" gradient canaries (Steinke et al. 2023): at each logical step every
-    included canary joins with probability q, contributing its fixed direction (norm = the clip
-    norm, i.e. already clipped) to the clipped sum before the noise."""
+    """White-box gradient canaries (Steinke et al. 2023): at each logical step every included
+    canary joins with probability q and, if its design lets it speak at that step, contributes
+    its direction (norm = the clip norm, i.e. already clipped) to the clipped sum before the
+    noise (:mod:`dpfedlora.audit.canaries`)."""
 
     def __init__(
         self,
         optimizer,
         *,
-        directions: list[torch.Tensor],
+        design,
         included: torch.Tensor,
         sampling_rate: float,
         canary_generator: torch.Generator,
         **kwargs,
     ) -> None:
         super().__init__(optimizer, **kwargs)
-        self.directions = directions  # per parameter: [m, *param.shape]
+        self.design = design
         self.included = included
         self.sampling_rate = sampling_rate
         self.canary_generator = canary_generator
+        self.logical_step = 0
 
     def add_noise(self) -> None:
-        m = self.included.numel()
-        drawn = torch.rand(m, generator=self.canary_generator) < self.sampling_rate
-        active = (drawn & self.included).to(self.directions[0].dtype)
-        for p, d in zip(self.params, self.directions):
-            extra = torch.einsum("m,m...->...", active, d).to(p.summed_grad.dtype)
-            p.summed_grad = p.summed_grad + extra.view_as(p.summed_grad)
+        drawn = torch.rand(self.included.numel(), generator=self.canary_generator)
+        active = (drawn < self.sampling_rate) & self.included
+        extra = self.design.contribution(self.logical_step, active)
+        for p, e in zip(self.params, extra):
+            p.summed_grad = p.summed_grad + e.to(p.summed_grad.dtype).view_as(p.summed_grad)
+        self.logical_step += 1
         super().add_noise()

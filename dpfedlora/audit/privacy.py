@@ -1,21 +1,22 @@
 """Empirical privacy audit in one training run (Steinke, Nasr, Jagielski 2023).
 
 Protocol: m canaries, each included independently with probability 1/2 (seeded, recorded);
-one DP-SGD run on client 0's shard as configured; a score per canary; guesses "in" for the r/2
-highest and "out" for the r/2 lowest scores; the ε lower bound at the stated confidence
-(:mod:`accounting.audit`) next to the ledger's ε upper bound for the same run.
+one DP-SGD run on client 0's shard as configured; a score per canary; guesses by a rule fixed
+before the run (``guess_side``: "in" for the r/2 highest and "out" for the r/2 lowest scores, or
+"in" for the r highest); the ε lower bound at the stated confidence (:mod:`accounting.audit`)
+next to the accountant's ε upper bound for the same release.
 
 Canaries:
-* ``gradient`` (white-box "Dirac" canaries): a fixed random direction of norm C (the clip norm)
-  in the space of the trainable tensors. At every logical DP step an included canary joins with
-  probability q, exactly like a record, and adds its direction to the clipped sum before the
-  noise. Score: ⟨(w_0 − w_T) − (w_0 − w'_T), direction⟩ with local SGD, where w'_T is a *shadow*
-  run on the same shard and the same data batches with no canaries and no noise. The shadow
-  removes the drift of the data's own gradients, which on a small adapter (the tiny config
-  trains 578 numbers) projects onto every random direction with a spread several times a
-  canary's signal and capped a no-noise audit near ε ≈ 1.4. The shadow is a function of the
-  data and of the *other* records' batch membership only, never of the canaries' coins or the
-  noise; the DP guarantee for each canary holds conditionally on those, so the bound stays valid.
+* ``gradient`` (white-box): records whose clipped gradient is chosen by the auditor (norm C, the
+  clip norm; design in :mod:`dpfedlora.audit.canaries`). At every logical DP step an included
+  canary joins with probability q, exactly like a record. The attack sees every iterate (DP-SGD's
+  guarantee covers releasing them all) and also runs a *shadow* run on the same shard and data
+  batches with no canaries and no noise; the per-step difference removes the drift of the data's
+  own gradients, which on a small adapter (the tiny config trains 578 numbers) projects onto
+  every canary with a spread several times its signal: summing ⟨w_0 − w_T, d_i⟩ alone capped a
+  no-noise audit at ε ≈ 1.4. The shadow depends on the data and the *other* records' batch
+  membership only, never on the canaries' coins or the noise; the DP guarantee for each canary
+  holds conditionally on those, so the bound stays valid.
 * ``input`` (black-box): held-out examples with random labels, the included half added to the
   training shard. Score: minus the loss on the canary's label after training.
 
@@ -44,6 +45,7 @@ from ..config import Experiment, load_config, to_dict
 from ..data import TensorData
 from ..errors import UserError
 from ..federation import Federation
+from .canaries import design_canaries, gradient_scores
 from .optim import CanaryDPOptimizer, SignedNoiseDPOptimizer
 
 __all__ = ["audit_privacy", "AuditError"]
@@ -61,6 +63,33 @@ def _concat(a: TensorData, b: TensorData) -> TensorData:
     )
 
 
+# How the attack turns scores into guesses; fixed before the run (choosing after seeing the
+# scores would need a multiple-testing correction).
+#   both: "in" for the r/2 highest scores, "out" for the r/2 lowest (Steinke et al.'s default)
+#   in:   "in" for the r highest scores only. An included canary that Poisson sampling never
+#         drew leaves no trace, so "out" guesses are capped by (1 - q)^T; without noise the
+#         "in" guesses alone reach the ideal bound.
+GUESS_SIDES = ("both", "in")
+
+
+def count_correct(
+    scores: torch.Tensor, included: torch.Tensor, *, guesses: int, side: str
+) -> tuple[int, int]:
+    """(correct guesses, guesses made) for the guessing rule ``side``."""
+    order = torch.argsort(scores, descending=True)
+    if side == "in":
+        return int(included[order[:guesses]].sum()), guesses
+    half = guesses // 2
+    right = included[order[:half]].sum() + (~included[order[len(order) - half :]]).sum()
+    return int(right), 2 * half
+
+
+def _write_scores(path: Path, scores: torch.Tensor, included: torch.Tensor) -> None:
+    """Per-canary scores and the truth, so other bounds (f-DP) can use the same run."""
+    rows = "".join(f"{i},{int(b)},{float(v)!r}\n" for i, (b, v) in enumerate(zip(included, scores)))
+    path.write_text("canary,included,score\n" + rows)
+
+
 def _trajectory(engine: Engine, client: Client, view, names: list[str]) -> list[list[torch.Tensor]]:
     """Train ``client`` from ``view`` and return its trainable tensors after every step."""
     iterates = [
@@ -75,39 +104,6 @@ def _trajectory(engine: Engine, client: Client, view, names: list[str]) -> list[
     finally:
         engine.step_hook = None
     return iterates
-
-
-def gradient_scores(
-    real: list[list[torch.Tensor]],
-    shadow: list[list[torch.Tensor]],
-    directions: list[torch.Tensor],
-    *,
-    unit: float,
-    sampling_rate: float,
-) -> torch.Tensor:
-    """Per-canary log-likelihood ratio of "included" vs "excluded" from the per-step iterates.
-
-    At step t, x_ti = ⟨u_t, d_i⟩ / unit with u_t the real update minus the shadow update (local
-    SGD: lr · (canaries + noise) / expected batch), so x_ti ≈ 1 when canary i joined the step
-    and ≈ 0 otherwise, plus the noise and the other canaries' overlap, N(0, s_t²). s_t is
-    estimated robustly across canaries (most are absent from any one step). The score is the
-    Neyman–Pearson statistic of the mixture (1 − q)·N(0, s²) + q·N(1, s²) against N(0, s²):
-    Σ_t log(1 − q + q·exp((x_ti − 1/2) / s_t²)). Summing x_ti instead would let the overlap of
-    m random directions in a small adapter (m > p on the tiny config) swamp the signal.
-    """
-    total = torch.zeros(directions[0].shape[0], dtype=torch.float64)
-    log_out = math.log1p(-sampling_rate) if sampling_rate < 1 else -math.inf
-    log_in = math.log(sampling_rate)
-    for t in range(1, len(real)):
-        x = torch.zeros_like(total)
-        for j, d in enumerate(directions):
-            u = (shadow[t][j] - shadow[t - 1][j]) - (real[t][j] - real[t - 1][j])
-            x += torch.einsum("m...,...->m", d.double(), u.double())
-        x /= unit
-        mad = (x - x.median()).abs().median()
-        s2 = max(float(1.4826 * mad) ** 2, 1e-12)
-        total += torch.logaddexp(torch.full_like(x, log_out), log_in + (x - 0.5) / s2)
-    return total
 
 
 def refuse_unaudited_modes(cfg: Experiment) -> None:
@@ -135,7 +131,12 @@ def audit_privacy(
     confidence: float = 0.95,
     steps: int | None = None,
     unsafe_no_noise: bool = False,
+    guess_side: str = "in",
 ) -> dict[str, Any]:
+    if guess_side not in GUESS_SIDES:
+        raise AuditError(
+            f"`guess side` must be one of {', '.join(GUESS_SIDES)}. Found {guess_side!r}."
+        )
     if guesses > canaries or guesses < 2:
         raise AuditError(f"`guesses` must be in 2..{canaries}. Found {guesses}.")
     if kind not in ("gradient", "input"):
@@ -201,15 +202,20 @@ def audit_privacy(
     state = m.init_state()
     view = m.client_view(state, audited.spec, 1)
     names = m.trainable_names(1)
-    directions = None
+    design = None
     if kind == "gradient":
         shapes = [view[n].shape if n in view else engine.params[n].shape for n in names]
-        raw = [torch.randn((canaries, *s), generator=audit_gen) for s in shapes]
-        norms = torch.sqrt(sum(r.flatten(1).pow(2).sum(1) for r in raw))
-        directions = [r * (p.clip_norm / norms).view(-1, *([1] * (r.dim() - 1))) for r in raw]
+        design = design_canaries(
+            shapes,
+            canaries,
+            clip_norm=p.clip_norm,
+            noise_multiplier=sigma,
+            sampling_rate=q,
+            generator=audit_gen,
+        )
         engine.dp_optimizer_factory = lambda opt, **kw: CanaryDPOptimizer(
             opt,
-            directions=directions,
+            design=design,
             included=included,
             sampling_rate=q,
             canary_generator=derive_generator(cfg.seed, "audit-canary-draws", kind),
@@ -221,7 +227,7 @@ def audit_privacy(
         engine.dp_optimizer_factory = lambda opt, **kw: SignedNoiseDPOptimizer(opt, sign=0.0, **kw)
         shadow = _trajectory(engine, audited, view, names)
         unit = cfg.train.lr * p.clip_norm**2 / audited.expected_batch
-        scores = gradient_scores(real, shadow, directions, unit=unit, sampling_rate=q)
+        scores = gradient_scores(real, shadow, design, unit=unit, sampling_rate=q)
     else:
         res = audited.train(engine, 1, view)
         engine.load(res.trained)
@@ -229,12 +235,8 @@ def audit_privacy(
         with torch.no_grad():
             scores = -LOSSES["classification"](fed.model, canary_data.trimmed())
         fed.model.train()
-    # One-sided guesses: "in" for the r highest scores. "Out" guesses are weak by design: an
-    # included canary that Poisson sampling never drew leaves no trace at all.
-    order = torch.argsort(scores, descending=True)
-    guess_in = order[:guesses]
-    correct = int(included[guess_in].sum())
-    n_guesses = guesses
+    correct, n_guesses = count_correct(scores, included, guesses=guesses, side=guess_side)
+    _write_scores(out / "canary_scores.csv", scores, included)
     eps_lower = one_run_epsilon_lower_bound(
         canaries=canaries, guesses=n_guesses, correct=correct, delta=p.delta, confidence=confidence
     )
@@ -256,6 +258,9 @@ def audit_privacy(
         "audit_randomness": f"derive_generator(seed={cfg.seed}, 'audit', {kind!r}, {canaries})",
         "canaries_included": int(included.sum()),
         "unsafe_no_noise": unsafe_no_noise,
+        "guess_side": guess_side,
+        "canary_design": design.kind if design is not None else None,
+        "canary_groups": design.groups if design is not None else None,
     }
     (out / "audit.json").write_text(
         json.dumps(

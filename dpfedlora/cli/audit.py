@@ -83,6 +83,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="guesses r (half top, half bottom scores); default m / 10",
     )
     q.add_argument("--canary-kind", choices=["gradient", "input"], default="gradient")
+    q.add_argument(
+        "--guess-side",
+        choices=["in", "both"],
+        default="in",
+        help="in (default): 'in' for the r highest scores; both: 'in' for the r/2 highest and "
+        "'out' for the r/2 lowest (Steinke et al.). Fixed before the run",
+    )
     q.add_argument("--confidence", type=float, default=0.95, help="confidence of the lower bound")
     q.add_argument(
         "--steps",
@@ -170,6 +177,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
         confidence=args.confidence,
         steps=args.steps or None,
         unsafe_no_noise=args.unsafe_no_noise,
+        guess_side=args.guess_side,
     )
     line = (
         f"| {args.canary_kind} canaries | m = {result['canaries']} | {result['correct_guesses']}/"

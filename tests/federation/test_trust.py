@@ -225,3 +225,41 @@ def test_warnings_for_settings_that_silently_hurt(tmp_path):
     dropped = shard_warnings(cfg, [10], [0.5], left_out=37)
     assert any("37 records of the other users are left out" in w for w in dropped)
     assert shard_warnings(tiny_cfg(), [240] * 4, [32 / 240] * 4) == []
+
+
+def test_ledger_verb_reads_delta_and_accountant_from_the_run_dir(tmp_path, capsys):
+    from dpfedlora.cli import main
+
+    cfg = tiny_cfg(*QUICK, "privacy.delta=1e-6", "privacy.accountant=pld")
+    summary = quiet(cfg, tmp_path / "r")
+    assert main(["ledger", str(tmp_path / "r"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["delta"] == 1e-6 and doc["accountant"] == "pld"
+    assert doc["max_epsilon"] == pytest.approx(summary["max_epsilon"], rel=1e-12)
+    # an explicit --delta still wins, and gives a larger ε at a smaller δ
+    assert main(["ledger", str(tmp_path / "r"), "--json", "--delta", "1e-9"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_epsilon"] > doc["max_epsilon"]
+
+
+def test_ledger_verb_on_a_non_private_run_says_why_there_is_none(tmp_path, capsys):
+    from dpfedlora.cli import main
+
+    quiet(tiny_cfg(*QUICK, "privacy.mode=none"), tmp_path / "r")
+    assert main(["ledger", str(tmp_path / "r")]) == 0
+    assert "nothing private was released" in capsys.readouterr().out
+
+
+def test_checkpoint_replace_fsyncs_its_directory(tmp_path, monkeypatch):
+    import os
+
+    from dpfedlora.rundir import RunDir
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_mode), real(fd)))
+    rd = RunDir(tmp_path / "r")
+    (tmp_path / "r" / "checkpoint").mkdir(parents=True)
+    rd.save_checkpoint({"round": 1})
+    import stat
+
+    assert [stat.S_ISDIR(m) for m in synced] == [False, True]  # the file, then its directory
