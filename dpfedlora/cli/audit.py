@@ -182,7 +182,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     line = (
         f"| {args.canary_kind} canaries | m = {result['canaries']} | {result['correct_guesses']}/"
         f"{result['guesses']} correct | ε lower bound {result['epsilon_lower']:.3f} "
-        f"({result['confidence']:.0%}) | ε upper bound {result['epsilon_upper']:.3f} (ledger, "
+        f"({result['confidence']:.0%}) | ε upper bound {result['epsilon_upper']:.3f} (accountant, "
         f"δ = {result['delta']:g}) |"
     )
     print(json.dumps(result) if args.json else line)
