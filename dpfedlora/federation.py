@@ -568,11 +568,18 @@ class Federation:
         plot_run(
             history,
             self.dir.plots,
-            title=f"{cfg.name}: {cfg.method.name}, "
-            + (f"ε ≤ {p.target_epsilon:g}, δ = {p.delta:g}" if p.private else "non-private"),
+            title=f"{cfg.name}: {cfg.method.name}, " + _privacy_title(p, sigma),
         )
         torch.save(st.state, self.dir.path / "checkpoint" / "final_state.pt")
         return summary
+
+
+def _privacy_title(p, sigma: float) -> str:
+    if not p.private:
+        return "non-private"
+    if p.target_epsilon is None:  # σ given, no budget: ε is whatever the ledger says
+        return f"σ = {sigma:.3g}, δ = {p.delta:g}"
+    return f"ε ≤ {p.target_epsilon:g}, δ = {p.delta:g}"
 
 
 def run(

@@ -263,3 +263,11 @@ def test_checkpoint_replace_fsyncs_its_directory(tmp_path, monkeypatch):
     import stat
 
     assert [stat.S_ISDIR(m) for m in synced] == [False, True]  # the file, then its directory
+
+
+def test_sigma_without_a_target_runs_uncapped_and_reports_the_ledger_epsilon(tmp_path):
+    cfg = tiny_cfg(*QUICK, "privacy.noise_multiplier=1.0", "privacy.target_epsilon=null")
+    assert cfg.privacy.budget == float("inf")
+    summary = quiet(cfg, tmp_path / "r")
+    eps = Ledger(tmp_path / "r" / "ledger.jsonl", accountant="rdp").max_epsilon(delta=1e-5)
+    assert summary["stopped_reason"] == "completed" and summary["max_epsilon"] == eps > 0
