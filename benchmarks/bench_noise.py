@@ -12,31 +12,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _engine import prepared_engine
 
-from dpfedlora.client import Engine
-from dpfedlora.config import load_config
-from dpfedlora.federation import Federation
 from dpfedlora.noise import SecureNoise, SeededNoise
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 SOURCES = {"seeded": lambda: SeededNoise(0, "bench"), "secure": SecureNoise}
 
 
 def time_steps(method: str, steps: int) -> dict[str, float]:
-    cfg = load_config(TINY, [f"method.name={method}", "privacy.noise_multiplier=1.0"])
-    fed = Federation(cfg, Path(tempfile.mkdtemp()) / "r", log=lambda s: None)
-    engine = Engine(cfg, fed.method, fed.model, noise_multiplier=1.0)
-    names = fed.method.trainable_names(1)
-    for n, p in engine.params.items():
-        p.requires_grad_(n in names)
-    engine._ensure_hooks(names)
-    params = [engine.params[n] for n in names]
-    client = fed.clients[0]
+    engine, params, client = prepared_engine(
+        [f"method.name={method}", "privacy.noise_multiplier=1.0"]
+    )
     opts = {
         k: engine._dp_optimizer(torch.optim.SGD(params, lr=1e-3), make())
         for k, make in SOURCES.items()

@@ -16,33 +16,23 @@ import time
 from pathlib import Path
 
 import torch
+from _engine import TINY, prepared_engine
 
-from dpfedlora.client import Engine
 from dpfedlora.config import load_config
-from dpfedlora.federation import Federation, run
+from dpfedlora.federation import run
 from dpfedlora.noise import SeededNoise
-
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 def time_steps(method: str, steps: int, overrides: list[str]) -> tuple[float, float]:
     times: dict[str, list[float]] = {"plain": [], "dp": []}
     engines = {}
-    tmp = tempfile.mkdtemp()
     for mode in ("plain", "dp"):
         extra = ["privacy.mode=none"] if mode == "plain" else ["privacy.noise_multiplier=1.0"]
-        cfg = load_config(TINY, [f"method.name={method}", *overrides, *extra])
-        fed = Federation(cfg, Path(tmp) / mode, log=lambda s: None)
-        engine = Engine(cfg, fed.method, fed.model, noise_multiplier=1.0)
-        names = fed.method.trainable_names(1)
-        for n, p in engine.params.items():
-            p.requires_grad_(n in names)
-        engine._ensure_hooks(names)
-        params = [engine.params[n] for n in names]
+        engine, params, client = prepared_engine([f"method.name={method}", *overrides, *extra])
         opt = torch.optim.AdamW(params, lr=1e-3)
         if mode == "dp":
             opt = engine._dp_optimizer(opt, SeededNoise(0, "bench"))
-        engines[mode] = (engine, opt, params, fed.clients[0])
+        engines[mode] = (engine, opt, params, client)
     g = torch.Generator().manual_seed(0)
     for i in range(steps + 3):
         client = engines["plain"][3]

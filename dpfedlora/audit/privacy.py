@@ -30,7 +30,6 @@ accepts that switch, as a check that the attack works.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from ..config import Experiment, load_config, to_dict
 from ..data import TensorData
 from ..errors import UserError
 from ..federation import Federation
+from ..rundir import json_safe
 from .canaries import design_canaries, gradient_scores
 from .optim import CanaryDPOptimizer, SignedNoiseDPOptimizer
 
@@ -121,18 +121,10 @@ def refuse_unaudited_modes(cfg: Experiment) -> None:
         )
 
 
-def audit_privacy(
-    base: Experiment,
-    out: str | Path,
-    *,
-    canaries: int = 1000,
-    guesses: int = 100,
-    kind: str = "gradient",
-    confidence: float = 0.95,
-    steps: int | None = None,
-    unsafe_no_noise: bool = False,
-    guess_side: str = "in",
-) -> dict[str, Any]:
+def _check_request(
+    base: Experiment, out: Path, canaries: int, guesses: int, kind: str, guess_side: str
+) -> None:
+    """Every refusal before anything is read or written."""
     if guess_side not in GUESS_SIDES:
         raise AuditError(
             f"`guess side` must be one of {', '.join(GUESS_SIDES)}. Found {guess_side!r}."
@@ -142,17 +134,21 @@ def audit_privacy(
     if kind not in ("gradient", "input"):
         raise AuditError(f"`canary kind` must be gradient or input. Found {kind!r}.")
     refuse_unaudited_modes(base)
-    out = Path(out)
     if (out / "ledger.jsonl").exists():
         raise AuditError(f"{out} already holds an audited run; choose another --out.")
-    # local SGD: the white-box score is then exactly the sum of per-step dot products
-    cfg = load_config(None, {**to_dict(base), "train": {**to_dict(base.train), "optimizer": "sgd"}})
-    fed = Federation(cfg, out, log=lambda s: None)
-    audit_gen = derive_generator(cfg.seed, "audit", kind, canaries)
-    included = torch.rand(canaries, generator=audit_gen) < 0.5
-    client = fed.clients[0]
-    data = client.data
-    canary_data = None
+
+
+def _audited_client(
+    fed: Federation,
+    cfg: Experiment,
+    kind: str,
+    included: torch.Tensor,
+    audit_gen: torch.Generator,
+    steps: int | None,
+):
+    """Client 0's shard (plus the included input canaries) as one long local run."""
+    client, canaries = fed.clients[0], included.numel()
+    data, canary_data = client.data, None
     if kind == "input":
         if cfg.model.task != "classification" or len(fed.setup.eval_data) < canaries:
             raise AuditError(
@@ -170,25 +166,91 @@ def audit_privacy(
     )
     total_steps = steps or client.steps * cfg.server.rounds
     audited = Client(replace(client.spec, num_examples=len(data)), data, q, total_steps)
+    return audited, canary_data
 
-    # Privacy of the audited run: calibrated (or given) σ, recorded before training.
+
+def _audited_release(cfg: Experiment, audited: Client, unsafe_no_noise: bool):
+    """(σ, event) of the audited run: calibrated (or given) σ; NonPrivate without noise."""
     p = cfg.privacy
     if unsafe_no_noise:
-        sigma, event = 0.0, NonPrivate("audit run with --unsafe-no-noise")
-    else:
-        if p.noise_multiplier is not None:
-            sigma = p.noise_multiplier
-        elif p.target_epsilon is not None:
-            sigma = calibrate_dpsgd(
-                target_epsilon=p.target_epsilon,
-                delta=p.delta,
-                sampling_rate=q,
-                steps=total_steps,
-                accountant=p.accountant,
-            ).noise_multiplier
-        else:  # pragma: no cover - config validation requires one of them
-            raise AuditError("set privacy.noise_multiplier or privacy.target_epsilon.")
-        event = audited.planned_event(sigma)
+        return 0.0, NonPrivate("audit run with --unsafe-no-noise")
+    if p.noise_multiplier is not None:
+        sigma = p.noise_multiplier
+    elif p.target_epsilon is not None:
+        sigma = calibrate_dpsgd(
+            target_epsilon=p.target_epsilon,
+            delta=p.delta,
+            sampling_rate=audited.sampling_rate,
+            steps=audited.steps,
+            accountant=p.accountant,
+        ).noise_multiplier
+    else:  # pragma: no cover - config validation requires one of them
+        raise AuditError("set privacy.noise_multiplier or privacy.target_epsilon.")
+    return sigma, audited.planned_event(sigma)
+
+
+def _gradient_scores(fed, cfg, engine, audited, view, names, included, audit_gen, sigma):
+    """Train with gradient canaries, then the shadow run; per-canary scores and the design."""
+    m, q, p = included.numel(), audited.sampling_rate, cfg.privacy
+    shapes = [view[n].shape if n in view else engine.params[n].shape for n in names]
+    design = design_canaries(
+        shapes,
+        m,
+        clip_norm=p.clip_norm,
+        noise_multiplier=sigma,
+        sampling_rate=q,
+        generator=audit_gen,
+    )
+    engine.dp_optimizer_factory = lambda opt, **kw: CanaryDPOptimizer(
+        opt,
+        design=design,
+        included=included,
+        sampling_rate=q,
+        canary_generator=derive_generator(cfg.seed, "audit-canary-draws", "gradient"),
+        **kw,
+    )
+    real = _trajectory(engine, audited, view, names)
+    # the shadow: same batches (seeded sampler), no canary joins, noise drawn but not added
+    engine.dp_optimizer_factory = lambda opt, **kw: SignedNoiseDPOptimizer(opt, sign=0.0, **kw)
+    shadow = _trajectory(engine, audited, view, names)
+    unit = cfg.train.lr * p.clip_norm**2 / audited.expected_batch
+    return gradient_scores(real, shadow, design, unit=unit, sampling_rate=q), design
+
+
+def _input_scores(fed, engine, audited, view, canary_data) -> torch.Tensor:
+    """Train on the shard with the included input canaries; minus each canary's loss."""
+    res = audited.train(engine, 1, view)
+    engine.load(res.trained)
+    fed.model.eval()
+    with torch.no_grad():
+        scores = -LOSSES["classification"](fed.model, canary_data.trimmed())
+    fed.model.train()
+    return scores
+
+
+def audit_privacy(
+    base: Experiment,
+    out: str | Path,
+    *,
+    canaries: int = 1000,
+    guesses: int = 100,
+    kind: str = "gradient",
+    confidence: float = 0.95,
+    steps: int | None = None,
+    unsafe_no_noise: bool = False,
+    guess_side: str = "in",
+) -> dict[str, Any]:
+    out = Path(out)
+    _check_request(base, out, canaries, guesses, kind, guess_side)
+    # local SGD: the white-box score is then exactly the sum of per-step dot products
+    cfg = load_config(None, {**to_dict(base), "train": {**to_dict(base.train), "optimizer": "sgd"}})
+    p = cfg.privacy
+    fed = Federation(cfg, out, log=lambda s: None)
+    audit_gen = derive_generator(cfg.seed, "audit", kind, canaries)
+    included = torch.rand(canaries, generator=audit_gen) < 0.5
+    audited, canary_data = _audited_client(fed, cfg, kind, included, audit_gen, steps)
+    sigma, event = _audited_release(cfg, audited, unsafe_no_noise)
+    # write-ahead: both uses of the shard are recorded before either run reads it
     fed.dir.create(cfg)
     ledger = Ledger(fed.dir.ledger, accountant=p.accountant)
     ledger.record(audited.spec.cid, 0, "audit", event)
@@ -196,63 +258,36 @@ def audit_privacy(
         ledger.record(
             audited.spec.cid, 0, "audit", NonPrivate("audit shadow run: shard without noise")
         )
-
     m = fed.method
     engine = Engine(cfg, m, fed.model, noise_multiplier=sigma)
-    state = m.init_state()
-    view = m.client_view(state, audited.spec, 1)
-    names = m.trainable_names(1)
+    view = m.client_view(m.init_state(), audited.spec, 1)
     design = None
     if kind == "gradient":
-        shapes = [view[n].shape if n in view else engine.params[n].shape for n in names]
-        design = design_canaries(
-            shapes,
-            canaries,
-            clip_norm=p.clip_norm,
-            noise_multiplier=sigma,
-            sampling_rate=q,
-            generator=audit_gen,
+        scores, design = _gradient_scores(
+            fed, cfg, engine, audited, view, m.trainable_names(1), included, audit_gen, sigma
         )
-        engine.dp_optimizer_factory = lambda opt, **kw: CanaryDPOptimizer(
-            opt,
-            design=design,
-            included=included,
-            sampling_rate=q,
-            canary_generator=derive_generator(cfg.seed, "audit-canary-draws", kind),
-            **kw,
-        )
-    if kind == "gradient":
-        real = _trajectory(engine, audited, view, names)
-        # the shadow: same batches (seeded sampler), no canary joins, noise drawn but not added
-        engine.dp_optimizer_factory = lambda opt, **kw: SignedNoiseDPOptimizer(opt, sign=0.0, **kw)
-        shadow = _trajectory(engine, audited, view, names)
-        unit = cfg.train.lr * p.clip_norm**2 / audited.expected_batch
-        scores = gradient_scores(real, shadow, design, unit=unit, sampling_rate=q)
     else:
-        res = audited.train(engine, 1, view)
-        engine.load(res.trained)
-        fed.model.eval()
-        with torch.no_grad():
-            scores = -LOSSES["classification"](fed.model, canary_data.trimmed())
-        fed.model.train()
+        scores = _input_scores(fed, engine, audited, view, canary_data)
     correct, n_guesses = count_correct(scores, included, guesses=guesses, side=guess_side)
     _write_scores(out / "canary_scores.csv", scores, included)
-    eps_lower = one_run_epsilon_lower_bound(
-        canaries=canaries, guesses=n_guesses, correct=correct, delta=p.delta, confidence=confidence
-    )
-    eps_upper = make_accountant(p.accountant).compose(event).epsilon(p.delta)
     result = {
         "kind": kind,
         "canaries": canaries,
         "guesses": n_guesses,
         "correct_guesses": correct,
         "confidence": confidence,
-        "epsilon_lower": eps_lower,
-        "epsilon_upper": eps_upper,
+        "epsilon_lower": one_run_epsilon_lower_bound(
+            canaries=canaries,
+            guesses=n_guesses,
+            correct=correct,
+            delta=p.delta,
+            confidence=confidence,
+        ),
+        "epsilon_upper": make_accountant(p.accountant).compose(event).epsilon(p.delta),
         "delta": p.delta,
         "noise_multiplier": sigma,
-        "sampling_rate": q,
-        "steps": total_steps,
+        "sampling_rate": audited.sampling_rate,
+        "steps": audited.steps,
         "method": cfg.method.name,
         "seed": cfg.seed,
         "audit_randomness": f"derive_generator(seed={cfg.seed}, 'audit', {kind!r}, {canaries})",
@@ -262,11 +297,5 @@ def audit_privacy(
         "canary_design": design.kind if design is not None else None,
         "canary_groups": design.groups if design is not None else None,
     }
-    (out / "audit.json").write_text(
-        json.dumps(
-            {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in result.items()},
-            indent=1,
-        )
-        + "\n"
-    )
+    (out / "audit.json").write_text(json.dumps(json_safe(result), indent=1) + "\n")
     return result

@@ -36,6 +36,14 @@ def run(*sets: str) -> list[str]:
     return out
 
 
+def account(verb: str, **flags: str) -> list[str]:
+    """An accounting verb with valid defaults, ``flags`` overriding (or adding) some."""
+    base = {"sample_rate": "0.1", "steps": "10", "delta": "1e-5"}
+    base.update({"noise_multiplier": "1"} if verb == "epsilon" else {"target_epsilon": "1"})
+    base.update(flags)
+    return [verb, *(x for k, v in base.items() for x in (f"--{k.replace('_', '-')}", v))]
+
+
 CASES: list[tuple[str, list[str], str]] = [
     # (id, argv, a word the message must contain)
     ("optimizer", run("train.optimizer=adamx"), "train.optimizer"),
@@ -95,98 +103,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("yaml-syntax", ["run", "TMP/bad.yaml"], "YAML"),
     ("yaml-not-mapping", ["run", "TMP/list.yaml"], "mapping"),
     ("yaml-binary", ["run", "TMP/binary.yaml"], "binary.yaml"),
-    (
-        "epsilon-sigma",
-        [
-            "epsilon",
-            "--noise-multiplier",
-            "0",
-            "--sample-rate",
-            "0.1",
-            "--steps",
-            "10",
-            "--delta",
-            "1e-5",
-        ],
-        "--noise-multiplier",
-    ),
-    (
-        "epsilon-rate",
-        [
-            "epsilon",
-            "--noise-multiplier",
-            "1",
-            "--sample-rate",
-            "2",
-            "--steps",
-            "10",
-            "--delta",
-            "1e-5",
-        ],
-        "--sample-rate",
-    ),
-    (
-        "epsilon-delta",
-        [
-            "epsilon",
-            "--noise-multiplier",
-            "1",
-            "--sample-rate",
-            "0.1",
-            "--steps",
-            "10",
-            "--delta",
-            "1.5",
-        ],
-        "--delta",
-    ),
-    (
-        "epsilon-steps",
-        [
-            "epsilon",
-            "--noise-multiplier",
-            "1",
-            "--sample-rate",
-            "0.1",
-            "--steps",
-            "-1",
-            "--delta",
-            "1e-5",
-        ],
-        "--steps",
-    ),
-    (
-        "epsilon-accountant",
-        [
-            "epsilon",
-            "--noise-multiplier",
-            "1",
-            "--sample-rate",
-            "0.1",
-            "--steps",
-            "10",
-            "--delta",
-            "1e-5",
-            "--accountant",
-            "gdp",
-        ],
-        "--accountant",
-    ),
-    (
-        "calibrate-target",
-        [
-            "calibrate",
-            "--target-epsilon",
-            "-1",
-            "--sample-rate",
-            "0.1",
-            "--steps",
-            "10",
-            "--delta",
-            "1e-5",
-        ],
-        "--target-epsilon",
-    ),
+    ("epsilon-sigma", account("epsilon", noise_multiplier="0"), "--noise-multiplier"),
+    ("epsilon-rate", account("epsilon", sample_rate="2"), "--sample-rate"),
+    ("epsilon-delta", account("epsilon", delta="1.5"), "--delta"),
+    ("epsilon-steps", account("epsilon", steps="-1"), "--steps"),
+    ("epsilon-accountant", account("epsilon", accountant="gdp"), "--accountant"),
+    ("calibrate-target", account("calibrate", target_epsilon="-1"), "--target-epsilon"),
     ("ledger-missing", ["ledger", "TMP/nothing"], "nothing"),
     ("ledger-corrupt", ["ledger", "TMP/corrupt/ledger.jsonl"], "ledger"),
     ("ledger-dir-without-ledger", ["ledger", "TMP"], "ledger.jsonl"),
