@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from dpfedlora.client import Engine
 from dpfedlora.config import load_config
-from dpfedlora.federation import Federation
+from dpfedlora.federation.setup import build_setup
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -15,8 +13,8 @@ TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 def prepared_engine(overrides: list[str]):
     """(engine, trainable params, client 0) with requires_grad and hooks set for round 1."""
     cfg = load_config(TINY, overrides)
-    fed = Federation(cfg, Path(tempfile.mkdtemp()) / "r", log=lambda s: None)
-    engine = Engine(cfg, fed.method, fed.model, noise_multiplier=1.0)
+    fed = build_setup(cfg)
+    engine = fed.trainer
     names = fed.method.trainable_names(1)
     for n, p in engine.params.items():
         p.requires_grad_(n in names)

@@ -27,7 +27,7 @@ def time_steps(method: str, steps: int) -> dict[str, float]:
         [f"method.name={method}", "privacy.noise_multiplier=1.0"]
     )
     opts = {
-        k: engine._dp_optimizer(torch.optim.SGD(params, lr=1e-3), make())
+        k: engine.dp_optimizer(torch.optim.SGD(params, lr=1e-3), make(), noise_multiplier=1.0)
         for k, make in SOURCES.items()
     }
     times: dict[str, list[float]] = {k: [] for k in SOURCES}
@@ -37,7 +37,7 @@ def time_steps(method: str, steps: int) -> dict[str, float]:
         batch = client.data.subset(idx.flatten())
         for k, opt in opts.items():
             t0 = time.perf_counter()
-            engine._step(opt, batch, params)
+            engine.step(opt, batch, params)
             if i >= 3:  # warm-up
                 times[k].append(time.perf_counter() - t0)
     out = {k: statistics.median(v) for k, v in times.items()}

@@ -31,7 +31,7 @@ def time_steps(method: str, steps: int, overrides: list[str]) -> tuple[float, fl
         engine, params, client = prepared_engine([f"method.name={method}", *overrides, *extra])
         opt = torch.optim.AdamW(params, lr=1e-3)
         if mode == "dp":
-            opt = engine._dp_optimizer(opt, SeededNoise(0, "bench"))
+            opt = engine.dp_optimizer(opt, SeededNoise(0, "bench"), noise_multiplier=1.0)
         engines[mode] = (engine, opt, params, client)
     g = torch.Generator().manual_seed(0)
     for i in range(steps + 3):
@@ -41,7 +41,7 @@ def time_steps(method: str, steps: int, overrides: list[str]) -> tuple[float, fl
         for mode in ("plain", "dp"):
             engine, opt, params, _ = engines[mode]
             t0 = time.perf_counter()
-            engine._step(opt, batch, params)
+            engine.step(opt, batch, params)
             if i >= 3:  # warm-up
                 times[mode].append(time.perf_counter() - t0)
     return statistics.median(times["plain"]), statistics.median(times["dp"])

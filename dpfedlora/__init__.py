@@ -13,13 +13,17 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (loaded on first attribute access, PEP 562)
 _LAZY: dict[str, str] = {
-    "run": "dpfedlora.federation",
-    "Federation": "dpfedlora.federation",
-    "load_config": "dpfedlora.config",
-    "Experiment": "dpfedlora.config",
+    "run": "dpfedlora.federation.server",
+    "Federation": "dpfedlora.federation.server",
+    "build_setup": "dpfedlora.federation.setup",
+    "load_config": "dpfedlora.config.load",
+    "Experiment": "dpfedlora.config.schema",
+    "Broadcast": "dpfedlora.wire",
+    "Reply": "dpfedlora.wire",
     "METHODS": "dpfedlora.methods",
     "register_method": "dpfedlora.methods",
     "make_method": "dpfedlora.methods",
+    "TASKS": "dpfedlora.tasks",
 }
 __all__ = sorted(_LAZY)
 

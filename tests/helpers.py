@@ -1,4 +1,4 @@
-"""Shared builders for tests: the tiny config with overrides, and a federation in a temp dir."""
+"""Shared builders for tests: the tiny config with overrides, and its set-up."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from dpfedlora.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 ALL_METHODS = ["fedit", "ffa", "rolora", "fedsb", "flexlora", "fedex", "full"]
-EXACT_METHODS = ["ffa", "rolora", "fedsb", "flexlora", "fedex", "full"]
 
 
 def tiny_cfg(*overrides: str):
     return load_config(TINY, list(overrides))
 
 
-def federation(tmp_path, *overrides: str):
-    from dpfedlora.federation import Federation
+def tiny_setup(*overrides: str):
+    """Everything a run builds before round 1 (method, model, clients, trainer), no run dir."""
+    from dpfedlora.federation.setup import build_setup
 
-    return Federation(tiny_cfg(*overrides), tmp_path / "run", log=lambda s: None)
+    return build_setup(tiny_cfg(*overrides))

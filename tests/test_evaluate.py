@@ -2,13 +2,14 @@
 
 import torch
 
-from dpfedlora.evaluate import classification_metrics, evaluate
-from tests.helpers import federation
+from dpfedlora.evaluate import evaluate
+from dpfedlora.metrics import classification_metrics
+from tests.helpers import tiny_setup
 
 
 def test_length_sorted_evaluation_matches_a_plain_forward(tmp_path):
-    fed = federation(tmp_path, "method.name=fedit")
-    data = fed.setup.eval_data.subset(torch.arange(50))
+    fed = tiny_setup("method.name=fedit")
+    data = fed.eval_data.subset(torch.arange(50))
     lengths = data.attention_mask.sum(1)
     assert len(set(lengths.tolist())) > 5  # the sort really reorders
     model = fed.model

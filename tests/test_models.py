@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpfedlora.adapters import inject_lora
-from dpfedlora.aggregation import delta_weight
 from dpfedlora.config import ConfigError
-from dpfedlora.models import BuiltModel, detect_targets
+from dpfedlora.methods.aggregation import delta_weight
+from dpfedlora.models.adapters import inject_lora
+from dpfedlora.models.builders import BuiltModel, detect_targets
 
 SMALL = dict(vocab_size=64, hidden_size=16, num_attention_heads=2, intermediate_size=32)
 
@@ -73,7 +73,7 @@ def test_unknown_architecture_needs_explicit_targets():
 
 
 def test_rslora_scaling():
-    from dpfedlora.aggregation import lora_scaling
+    from dpfedlora.methods.aggregation import lora_scaling
 
     assert lora_scaling(16, 4, False) == 4.0
     assert lora_scaling(16, 4, True) == 8.0
@@ -84,7 +84,7 @@ def test_dropout_override_reaches_every_dropout():
     from torch import nn
 
     from dpfedlora.config import ConfigError, ModelConfig
-    from dpfedlora.models import build_model, set_dropout
+    from dpfedlora.models.builders import build_model, set_dropout
 
     model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1), nn.Sequential(nn.Dropout(0.3)))
     assert set_dropout(model, 0.0) == 2

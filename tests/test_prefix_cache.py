@@ -2,9 +2,9 @@
 
 import torch
 
-from dpfedlora.client import LOSSES
-from dpfedlora.prefix_cache import CachedPrefix
-from tests.helpers import federation
+from dpfedlora.models.prefix_cache import CachedPrefix
+from dpfedlora.tasks import TASKS
+from tests.helpers import tiny_setup
 
 
 def _logits_and_grads(fed, batch):
@@ -17,7 +17,7 @@ def _logits_and_grads(fed, batch):
         for n in names:
             if "latent" in n or "lora_B" in n:
                 params[n].normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
-    loss = LOSSES["classification"](fed.model, batch).sum()
+    loss = TASKS["classification"].loss(fed.model, batch).sum()
     loss.backward()
     logits = fed.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     return logits.detach(), {n: params[n].grad.clone() for n in names}
@@ -25,8 +25,8 @@ def _logits_and_grads(fed, batch):
 
 def test_cache_matches_uncached_model(tmp_path):
     over = ("method.name=fedsb", "model.layers=[1]")
-    plain = federation(tmp_path / "a", *over, "model.cache_frozen_prefix=false")
-    cached = federation(tmp_path / "b", *over)
+    plain = tiny_setup(*over, "model.cache_frozen_prefix=false")
+    cached = tiny_setup(*over)
     assert plain.prefix_layers == 0 and cached.prefix_layers == 1
     prefix = next(m for m in cached.model.modules() if isinstance(m, CachedPrefix))
     batch = plain.clients[0].data.subset(torch.arange(8)).trimmed()
@@ -40,13 +40,13 @@ def test_cache_matches_uncached_model(tmp_path):
 
 
 def test_store_shares_features_between_runs(tmp_path, monkeypatch):
-    from dpfedlora.prefix_cache import STORE_ENV
+    from dpfedlora.models.prefix_cache import STORE_ENV
 
     over = ("method.name=fedsb", "model.layers=[1]")
-    alone = federation(tmp_path / "alone", *over)
+    alone = tiny_setup(*over)
     monkeypatch.setenv(STORE_ENV, str(tmp_path / "store"))
-    first = federation(tmp_path / "first", *over)
-    second = federation(tmp_path / "second", *over)
+    first = tiny_setup(*over)
+    second = tiny_setup(*over)
     files = list((tmp_path / "store").glob("prefix-*.pt"))
     assert len(files) == 1 and not list((tmp_path / "store").glob("*.tmp"))
     caches = [
@@ -57,14 +57,14 @@ def test_store_shares_features_between_runs(tmp_path, monkeypatch):
     for k in caches[0]:  # same canonical batches: bit-identical whether computed or loaded
         assert torch.equal(caches[1][k], caches[0][k]) and torch.equal(caches[2][k], caches[0][k])
     # a different prefix (other weights) must not reuse the file
-    federation(tmp_path / "other", *over, "seed=5")
+    tiny_setup(*over, "seed=5")
     assert len(list((tmp_path / "store").glob("prefix-*.pt"))) == 2
 
 
 def test_prefix_runs_without_dropout_even_in_training_mode(tmp_path):
-    from dpfedlora.models import set_dropout
+    from dpfedlora.models.builders import set_dropout
 
-    fed = federation(tmp_path, "method.name=fedsb", "model.layers=[1]")
+    fed = tiny_setup("method.name=fedsb", "model.layers=[1]")
     prefix = next(m for m in fed.model.modules() if isinstance(m, CachedPrefix))
     assert set_dropout(prefix.prefix, 0.5) > 0 and fed.model.training
     rows = [fed.clients[0].data.input_ids[i, :10] for i in range(4)]
@@ -74,5 +74,5 @@ def test_prefix_runs_without_dropout_even_in_training_mode(tmp_path):
 
 
 def test_no_cache_when_bottom_layer_trains(tmp_path):
-    fed = federation(tmp_path, "method.name=ffa")  # adapters on every layer
+    fed = tiny_setup("method.name=ffa")  # adapters on every layer
     assert fed.prefix_layers == 0

@@ -24,18 +24,16 @@ NonPrivate event (scope "audit") in the audit's own ledger before the shard is r
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from accounting import Ledger, NonPrivate
 
-from ..aggregation import Tensors
-from ..client import Engine
 from ..config import Experiment, load_config, to_dict
 from ..errors import UserError
-from ..federation import Federation
+from ..federation.setup import Setup, build_setup
+from ..methods.aggregation import Tensors
 from .optim import SignedNoiseDPOptimizer
 
 __all__ = ["NoiseSetting", "audit_noise", "measure", "PUBLIC_DATA", "check_noise_audit"]
@@ -80,39 +78,28 @@ def _combine(a: Tensors, b: Tensors, fa: float, fb: float) -> Tensors:
     return {k: fa * a[k].double() + fb * b[k].double() for k in a}
 
 
-def _prediction(fed: Federation, setting: NoiseSetting, cfg: Experiment) -> dict[str, float]:
-    """Closed-form expected norms for one client's first-round update (sqrt of E‖·‖²)."""
-    m = fed.method
-    c = fed.clients[0]
+def _prediction(setup: Setup, setting: NoiseSetting, cfg: Experiment) -> dict[str, float]:
+    """The method's closed-form expected norms for client 0's first-round update (sqrt of
+    E‖·‖²); NaN where the method has none."""
+    m, c = setup.method, setup.clients[0]
     nu = setting.noise_multiplier * cfg.privacy.clip_norm / c.expected_batch
-    eta, T, s = cfg.train.lr, setting.local_steps, m.scaling(c.spec)
-    params = dict(fed.model.named_parameters())
-    lin = non = 0.0
-    for layer in m.layers:
-        d, k, r = layer.out_features, layer.in_features, setting.rank
-        if setting.method == "fedsb":
-            lin += (s * eta) ** 2 * T * nu**2 * r**2
-        elif setting.method in ("ffa", "rolora", "fedit"):
-            a = float(params[layer.a].double().pow(2).sum())
-            lin += (s * eta) ** 2 * T * nu**2 * d * a
-            if setting.method == "fedit":
-                non += s**2 * eta**4 * T**2 * nu**4 * d * r * k
-    return {"linear": math.sqrt(lin), "nonlinear": math.sqrt(non)}
+    params = dict(setup.model.named_parameters())
+    pred = m.noise_prediction(
+        params, scaling=m.scaling(c.spec), lr=cfg.train.lr, steps=setting.local_steps, nu=nu
+    )
+    if pred is None:
+        return {"linear": math.nan, "nonlinear": math.nan}
+    return {"linear": math.sqrt(pred[0]), "nonlinear": math.sqrt(pred[1])}
 
 
-def measure(
-    base: Experiment, setting: NoiseSetting, workdir: Path, ledger: Ledger | None = None
-) -> dict[str, Any]:
-    """Signal, linear and non-linear noise norms for one method and setting."""
-    cfg = load_config(
+def _setting_config(base: Experiment, setting: NoiseSetting) -> Experiment:
+    """``base`` with the setting's method, rank, σ and local steps, and plain local SGD."""
+    shared = {k: v for k, v in to_dict(base.method).items() if k in ("rank", "alpha")}
+    return load_config(
         None,
         {
             **to_dict(base),
-            "method": {
-                **{k: v for k, v in to_dict(base.method).items() if k in ("rank", "alpha")},
-                "name": setting.method,
-                "rank": setting.rank,
-            },
+            "method": {**shared, "name": setting.method, "rank": setting.rank},
             "privacy": {
                 **to_dict(base.privacy),
                 "mode": "sample",
@@ -126,68 +113,53 @@ def measure(
             },
         },
     )
-    fed = Federation(cfg, workdir / setting.method, log=lambda s: None)
+
+
+def _one_sign(setup: Setup, state: Tensors, sign: float, sigma: float) -> dict[str, Any]:
+    """One round from ``state`` with noise sign x ξ: each client's and the global ΔW change."""
+    m, trainer, rnd = setup.method, setup.trainer, 1
+    trainer.dp_optimizer_factory = lambda opt, **kw: SignedNoiseDPOptimizer(opt, sign=sign, **kw)
+    payloads, weights, specs, deltas = [], [], [], []
+    for client in setup.clients:
+        view = m.client_view(state, client.spec, rnd)
+        res = trainer.train_local(client, rnd, view, noise_multiplier=sigma)
+        after = m.effective_deltas({**view, **res.trained}, client.spec)
+        before = m.effective_deltas(view, client.spec)
+        deltas.append({k: after[k] - before[k] for k in after})
+        payloads.append(m.payload(res.trained, view, client.spec, rnd))
+        weights.append(m.weight(client.spec))
+        specs.append(client.spec)
+    new = m.aggregate(payloads, weights, state, specs, rnd)
+    g_after = m.effective_deltas(m.eval_view(new), None)
+    g_before = m.effective_deltas(m.eval_view(state), None)
+    return {"clients": deltas, "global": {k: g_after[k] - g_before[k] for k in g_after}}
+
+
+def _split(per_sign: dict[float, dict[str, Any]], get) -> tuple[Tensors, Tensors, Tensors]:
+    """(signal, linear, non-linear) parts from the runs with ξ, -ξ and 0."""
+    plus, minus, zero = (get(per_sign[s]) for s in SIGNS)
+    lin = _combine(plus, minus, 0.5, -0.5)
+    non = {k: 0.5 * (plus[k].double() + minus[k].double()) - zero[k].double() for k in plus}
+    return zero, lin, non
+
+
+def measure(base: Experiment, setting: NoiseSetting, ledger: Ledger | None = None) -> dict:
+    """Signal, linear and non-linear noise norms for one method and setting."""
+    cfg = _setting_config(base, setting)
+    setup = build_setup(cfg)
     if ledger is not None:  # written before any shard is read
-        for client in fed.clients:
+        for client in setup.clients:
             ledger.record(
                 client.spec.cid,
                 1,
                 "audit",
                 NonPrivate(f"noise audit {setting.method}: 3 runs (+ξ, -ξ, 0), exact norms"),
             )
-    m = fed.method
-    engine = Engine(cfg, m, fed.model, noise_multiplier=setting.noise_multiplier)
-    state = m.init_state()
-    rnd = 1
-    per_sign: dict[float, dict[str, Any]] = {}
-    for sign in SIGNS:
-        engine.dp_optimizer_factory = lambda opt, _s=sign, **kw: SignedNoiseDPOptimizer(
-            opt, sign=_s, **kw
-        )
-        payloads, weights, specs, deltas = [], [], [], []
-        for client in fed.clients:
-            view = m.client_view(state, client.spec, rnd)
-            res = client.train(engine, rnd, view)
-            after = m.effective_deltas({**view, **res.trained}, client.spec)
-            before = m.effective_deltas(view, client.spec)
-            deltas.append({k: after[k] - before[k] for k in after})
-            payloads.append(m.payload(res.trained, view, client.spec, rnd))
-            weights.append(client.spec.num_examples)
-            specs.append(client.spec)
-        new = m.aggregate(payloads, weights, state, specs, rnd)
-        g_after = m.effective_deltas(m.eval_view(new), None)
-        g_before = m.effective_deltas(m.eval_view(state), None)
-        per_sign[sign] = {
-            "clients": deltas,
-            "global": {k: g_after[k] - g_before[k] for k in g_after},
-        }
-
-    def split(get) -> tuple[Tensors, Tensors, Tensors]:
-        plus, minus, zero = (get(per_sign[s]) for s in SIGNS)
-        lin = _combine(plus, minus, 0.5, -0.5)
-        non = {k: 0.5 * (plus[k].double() + minus[k].double()) - zero[k].double() for k in plus}
-        return zero, lin, non
-
-    sig, lin, non = split(lambda d: d["global"])
-    client_rows = []
-    for i in range(len(fed.clients)):
-        cs, cl, cn = split(lambda d, i=i: d["clients"][i])
-        client_rows.append(
-            {
-                "signal_norm": _norm(cs),
-                "linear_noise_norm": _norm(cl),
-                "nonlinear_noise_norm": _norm(cn),
-            }
-        )
-    pred = _prediction(fed, setting, cfg)
-    layers = {
-        name: {
-            "signal": float(sig[name].norm()),
-            "linear": float(lin[name].norm()),
-            "nonlinear": float(non[name].norm()),
-        }
-        for name in sig
-    }
+    state = setup.method.init_state()
+    per_sign = {s: _one_sign(setup, state, s, setting.noise_multiplier) for s in SIGNS}
+    sig, lin, non = _split(per_sign, lambda d: d["global"])
+    cs, cl, cn = _split(per_sign, lambda d: d["clients"][0])
+    pred = _prediction(setup, setting, cfg)
     lin_n, non_n, sig_n = _norm(lin), _norm(non), _norm(sig)
     return {
         "method": setting.method,
@@ -199,10 +171,21 @@ def measure(
         "nonlinear_noise_norm": non_n,
         "nonlinear_to_linear": non_n / lin_n if lin_n > 0 else math.nan,
         "snr": sig_n / math.hypot(lin_n, non_n) if lin_n or non_n else math.inf,
-        "client0": client_rows[0],
+        "client0": {
+            "signal_norm": _norm(cs),
+            "linear_noise_norm": _norm(cl),
+            "nonlinear_noise_norm": _norm(cn),
+        },
         "predicted_client0_linear": pred["linear"],
         "predicted_client0_nonlinear": pred["nonlinear"],
-        "layers": layers,
+        "layers": {
+            name: {
+                "signal": float(sig[name].norm()),
+                "linear": float(lin[name].norm()),
+                "nonlinear": float(non[name].norm()),
+            }
+            for name in sig
+        },
     }
 
 
@@ -232,7 +215,6 @@ def audit_noise(
 
         iterator = tqdm(settings, desc="audit noise", unit="setting", leave=False)
     ledger = None if ledger_path is None else Ledger(ledger_path, accountant="rdp")
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, setting in enumerate(iterator):
-            rows.append(measure(base, setting, Path(tmp) / str(i), ledger))
+    for setting in iterator:
+        rows.append(measure(base, setting, ledger))
     return rows

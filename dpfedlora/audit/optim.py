@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dp_optimizer import SourcedDPOptimizer
+from ..client.dp_optimizer import SourcedDPOptimizer
 
 __all__ = ["SignedNoiseDPOptimizer", "CanaryDPOptimizer"]
 

@@ -39,12 +39,14 @@ import torch
 from accounting import Ledger, NonPrivate, calibrate_dpsgd, make_accountant
 from accounting.audit import one_run_epsilon_lower_bound
 
-from ..client import LOSSES, Client, Engine, derive_generator
+from ..client import Client, Trainer
 from ..config import Experiment, load_config, to_dict
-from ..data import TensorData
+from ..data.tensors import TensorData
 from ..errors import UserError
-from ..federation import Federation
-from ..rundir import json_safe
+from ..federation.rundir import RunDir, json_safe
+from ..federation.setup import Setup, build_setup
+from ..noise import derive_generator
+from ..tasks import TASKS
 from .canaries import design_canaries, gradient_scores
 from .optim import CanaryDPOptimizer, SignedNoiseDPOptimizer
 
@@ -90,19 +92,17 @@ def _write_scores(path: Path, scores: torch.Tensor, included: torch.Tensor) -> N
     path.write_text("canary,included,score\n" + rows)
 
 
-def _trajectory(engine: Engine, client: Client, view, names: list[str]) -> list[list[torch.Tensor]]:
+def _trajectory(
+    trainer: Trainer, client: Client, view, names: list[str], sigma: float
+) -> list[list[torch.Tensor]]:
     """Train ``client`` from ``view`` and return its trainable tensors after every step."""
-    iterates = [
-        [
-            view[n].detach().clone() if n in view else engine.params[n].detach().clone()
-            for n in names
-        ]
-    ]
-    engine.step_hook = lambda: iterates.append([engine.params[n].detach().clone() for n in names])
+    params = trainer.params
+    iterates = [[(view[n] if n in view else params[n]).detach().clone() for n in names]]
+    trainer.step_hook = lambda: iterates.append([params[n].detach().clone() for n in names])
     try:
-        client.train(engine, 1, view)
+        trainer.train_local(client, 1, view, noise_multiplier=sigma)
     finally:
-        engine.step_hook = None
+        trainer.step_hook = None
     return iterates
 
 
@@ -139,7 +139,7 @@ def _check_request(
 
 
 def _audited_client(
-    fed: Federation,
+    fed: Setup,
     cfg: Experiment,
     kind: str,
     included: torch.Tensor,
@@ -150,13 +150,14 @@ def _audited_client(
     client, canaries = fed.clients[0], included.numel()
     data, canary_data = client.data, None
     if kind == "input":
-        if cfg.model.task != "classification" or len(fed.setup.eval_data) < canaries:
+        task = TASKS[cfg.model.task]
+        if not task.labels_are_classes or len(fed.eval_data) < canaries:
             raise AuditError(
                 "input canaries need a classification task with at least `canaries` held-out "
-                f"examples ({len(fed.setup.eval_data)} available)."
+                f"examples ({len(fed.eval_data)} available)."
             )
-        pick = torch.randperm(len(fed.setup.eval_data), generator=audit_gen)[:canaries]
-        canary_data = fed.setup.eval_data.subset(pick)
+        pick = torch.randperm(len(fed.eval_data), generator=audit_gen)[:canaries]
+        canary_data = fed.eval_data.subset(pick)
         canary_data.labels = torch.randint(cfg.model.num_labels, (canaries,), generator=audit_gen)
         data = _concat(data, canary_data.subset(torch.nonzero(included).flatten()))
     q = (
@@ -209,21 +210,21 @@ def _gradient_scores(fed, cfg, engine, audited, view, names, included, audit_gen
         canary_generator=derive_generator(cfg.seed, "audit-canary-draws", "gradient"),
         **kw,
     )
-    real = _trajectory(engine, audited, view, names)
+    real = _trajectory(engine, audited, view, names, sigma)
     # the shadow: same batches (seeded sampler), no canary joins, noise drawn but not added
     engine.dp_optimizer_factory = lambda opt, **kw: SignedNoiseDPOptimizer(opt, sign=0.0, **kw)
-    shadow = _trajectory(engine, audited, view, names)
+    shadow = _trajectory(engine, audited, view, names, sigma)
     unit = cfg.train.lr * p.clip_norm**2 / audited.expected_batch
     return gradient_scores(real, shadow, design, unit=unit, sampling_rate=q), design
 
 
-def _input_scores(fed, engine, audited, view, canary_data) -> torch.Tensor:
+def _input_scores(fed, engine, audited, view, canary_data, sigma) -> torch.Tensor:
     """Train on the shard with the included input canaries; minus each canary's loss."""
-    res = audited.train(engine, 1, view)
+    res = engine.train_local(audited, 1, view, noise_multiplier=sigma)
     engine.load(res.trained)
     fed.model.eval()
     with torch.no_grad():
-        scores = -LOSSES["classification"](fed.model, canary_data.trimmed())
+        scores = -TASKS[fed.cfg.model.task].loss(fed.model, canary_data.trimmed())
     fed.model.train()
     return scores
 
@@ -245,21 +246,22 @@ def audit_privacy(
     # local SGD: the white-box score is then exactly the sum of per-step dot products
     cfg = load_config(None, {**to_dict(base), "train": {**to_dict(base.train), "optimizer": "sgd"}})
     p = cfg.privacy
-    fed = Federation(cfg, out, log=lambda s: None)
+    fed = build_setup(cfg)
+    run_dir = RunDir(out)
     audit_gen = derive_generator(cfg.seed, "audit", kind, canaries)
     included = torch.rand(canaries, generator=audit_gen) < 0.5
     audited, canary_data = _audited_client(fed, cfg, kind, included, audit_gen, steps)
     sigma, event = _audited_release(cfg, audited, unsafe_no_noise)
     # write-ahead: both uses of the shard are recorded before either run reads it
-    fed.dir.create(cfg)
-    ledger = Ledger(fed.dir.ledger, accountant=p.accountant)
+    run_dir.create(cfg)
+    ledger = Ledger(run_dir.ledger, accountant=p.accountant)
     ledger.record(audited.spec.cid, 0, "audit", event)
     if kind == "gradient":
         ledger.record(
             audited.spec.cid, 0, "audit", NonPrivate("audit shadow run: shard without noise")
         )
     m = fed.method
-    engine = Engine(cfg, m, fed.model, noise_multiplier=sigma)
+    engine = fed.trainer
     view = m.client_view(m.init_state(), audited.spec, 1)
     design = None
     if kind == "gradient":
@@ -267,7 +269,7 @@ def audit_privacy(
             fed, cfg, engine, audited, view, m.trainable_names(1), included, audit_gen, sigma
         )
     else:
-        scores = _input_scores(fed, engine, audited, view, canary_data)
+        scores = _input_scores(fed, engine, audited, view, canary_data, sigma)
     correct, n_guesses = count_correct(scores, included, guesses=guesses, side=guess_side)
     _write_scores(out / "canary_scores.csv", scores, included)
     result = {

@@ -36,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..config import load_config
-    from ..rundir import config_hash, json_safe
+    from ..federation.rundir import config_hash, json_safe
 
     if not Path(args.config).is_file():
         raise CLIError(f"argument CONFIG: no such file: {args.config!r}.")

@@ -28,8 +28,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..config import ConfigError
-    from ..report import write_report
-    from ..sweep import run_sweep
+    from ..experiments.report import write_report
+    from ..experiments.sweep import run_sweep
 
     if not Path(args.sweep).is_file():
         raise CLIError(f"argument SWEEP: no such file: {args.sweep!r}.")
@@ -47,7 +47,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..report import write_report
+    from ..experiments.report import write_report
 
     if not (Path(args.dir) / "sweep.json").is_file():
         raise CLIError(f"argument DIR: {args.dir!r} holds no sweep.json (run `dpfedlora sweep`).")

@@ -5,14 +5,8 @@
 
 from __future__ import annotations
 
-from . import fedex, fedit, fedsb, ffa, flexlora, full, rolora  # noqa: F401,E402  (registration)
-from .base import METHODS, ClientSpec, Method, make_method, method_config_class, register_method
+from . import fedex, fedit, fedsb, ffa, flexlora, full, rolora  # noqa: F401  (registration)
+from .base import ClientSpec, Method
+from .registry import METHODS, make_method, register_method
 
-__all__ = [
-    "METHODS",
-    "ClientSpec",
-    "Method",
-    "make_method",
-    "method_config_class",
-    "register_method",
-]
+__all__ = ["METHODS", "ClientSpec", "Method", "make_method", "register_method"]

@@ -11,27 +11,22 @@ client loads into the shared model; ``eval_view`` into the tensors of the global
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
-from ..adapters import Layer, inject_lora
-from ..aggregation import Tensors, delta_weight, lora_scaling, weighted_mean
-from ..config import ConfigError, MethodConfig
-from ..models import BuiltModel
+from accounting import Event
 
-__all__ = [
-    "ClientSpec",
-    "Method",
-    "LoRAMethod",
-    "METHODS",
-    "register_method",
-    "make_method",
-    "method_config_class",
-    "clone",
-]
+from ..config import MethodConfig, TrainConfig
+from ..models.adapters import Layer, inject_lora
+from ..models.builders import BuiltModel
+from .aggregation import Tensors, delta_weight, lora_scaling, normalize_weights, weighted_mean
+from .optimizers import make_optimizer
+
+__all__ = ["ClientSpec", "Method", "LoRAMethod", "ExportedLoRA", "clone", "aggregation_gap"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +41,21 @@ def clone(t: Tensors) -> Tensors:
     return {k: v.detach().clone() for k, v in t.items()}
 
 
+@dataclass(frozen=True)
+class ExportedLoRA:
+    """One adapted layer as a plain LoRA: ΔW = scaling · B A (peft's layout and convention)."""
+
+    b: torch.Tensor  # (out, r)
+    a: torch.Tensor  # (r, in)
+    scaling: float
+
+
 class Method:
-    """Base class. Subclasses set ``name``, ``config_cls``, ``exact`` and override as needed."""
+    """Base class. Subclasses set ``name``, ``config_cls``, ``exact`` and override as needed.
+
+    Lifecycle: ``setup`` (inject adapters) -> ``prepare`` (a data-dependent initialisation, if
+    any, spent through the clients' budgets) -> ``init_state`` -> rounds of ``client_view`` /
+    ``payload`` / ``aggregate`` -> ``eval_view`` and ``export``."""
 
     name: ClassVar[str]
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
@@ -79,6 +87,27 @@ class Method:
     def scaling(self, client: ClientSpec | None = None) -> float:
         return lora_scaling(self.cfg.alpha, self.cfg.rank, self.cfg.rslora)
 
+    def weight(self, client: ClientSpec) -> float:
+        """The client's aggregation weight p_k before normalisation (``method.weighting``)."""
+        return float(client.num_examples) if self.cfg.weighting == "shard_size" else 1.0
+
+    def public_fraction(self) -> float:
+        """Share of the training data this method marks public (removed from every shard)."""
+        return 0.0
+
+    def init_event(self, private: bool) -> Event | None:
+        """The release each client makes in ``prepare`` (planned with the training rounds)."""
+        return None
+
+    def prepare(self, setup: Any) -> None:
+        """A data-dependent initialisation before round 1 (default: none). ``setup`` holds the
+        clients, the public data and the trainer; private reads are spent through each
+        client's budget before they happen."""
+
+    def make_optimizer(self, params: list[nn.Parameter], train: TrainConfig):
+        """The local optimizer (``train.optimizer``); a method may choose its own."""
+        return make_optimizer(train.optimizer, params, train)
+
     # -- per round --------------------------------------------------------------------
     def trainable(self, param_name: str, round_idx: int) -> bool:
         raise NotImplementedError
@@ -108,6 +137,11 @@ class Method:
         new.update(weighted_mean(payloads, weights))
         return new
 
+    def client_update(self, view: Tensors, payload: Tensors, client: ClientSpec) -> Tensors:
+        """The client's trained tensors as the server rebuilds them from its payload (for the
+        measured aggregation gap). Default: the payload is the trained tensors."""
+        return {**view, **payload}
+
     def eval_view(self, state: Tensors) -> Tensors:
         return clone(state)
 
@@ -118,7 +152,19 @@ class Method:
         """Elements a client must receive before training this round (protocol, not memory)."""
         return sum(state[n].numel() for n in self.trainable_names(round_idx) if n in state)
 
-    # -- analysis ---------------------------------------------------------------------
+    # -- analysis and export ------------------------------------------------------------
+    def noise_prediction(
+        self, params: dict[str, torch.Tensor], *, scaling: float, lr: float, steps: int, nu: float
+    ) -> tuple[float, float] | None:
+        """Closed-form E‖·‖² of the (linear, non-linear) noise in one client's first-round ΔW
+        under plain SGD (methods.md §1; ν = σC/B); None where the method has no closed form."""
+        return None
+
+    def export(self, view: Tensors) -> dict[str, ExportedLoRA] | None:
+        """The global model's adapters as plain LoRA factors per layer (None: not a LoRA)."""
+        s = self.scaling(None)
+        return {layer.name: ExportedLoRA(view[layer.b], view[layer.a], s) for layer in self.layers}
+
     def effective_deltas(self, view: Tensors, client: ClientSpec | None = None) -> Tensors:
         """Per adapted layer, the change the adapter makes to W0: s · B (R) A in W's layout."""
         s = self.scaling(client)
@@ -133,6 +179,14 @@ class Method:
 
 class LoRAMethod(Method):
     """Shared set-up for the peft-LoRA family (fedit, ffa, rolora, fedex, flexlora)."""
+
+    def _linear_noise(self, params, scaling, lr, steps, nu) -> float:
+        """FFA/RoLoRA/FedIT from B = 0: E‖s·η·Σξ_B·A‖² = s²η²Tν² d ‖A‖_F² per layer."""
+        return sum(
+            (scaling * lr) ** 2 * steps * nu**2 * layer.out_features
+            * float(params[layer.a].double().pow(2).sum())
+            for layer in self.layers
+        )  # fmt: skip
 
     TRAINABLE: ClassVar[tuple[str, ...]] = ("lora_A", "lora_B")
 
@@ -169,46 +223,6 @@ class LoRAMethod(Method):
         return self.TRAINABLE
 
 
-# ------------------------------------------------------------------------------ registry
-METHODS: dict[str, type[Method]] = {}
-
-
-def register_method(cls: type[Method], *, force: bool = False) -> type[Method]:
-    """Class decorator: register a method under ``cls.name``."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"method class {cls.__name__} needs a non-empty `name`.")
-    if name in METHODS and not force:
-        raise ValueError(f"method {name!r} is already registered. Pass force=True to replace it.")
-    if not issubclass(cls.config_cls, MethodConfig):
-        raise ValueError(f"{cls.__name__}.config_cls must subclass MethodConfig.")
-    METHODS[name] = cls
-    return cls
-
-
-def method_config_class(name: str) -> type[MethodConfig]:
-    try:
-        return METHODS[name].config_cls
-    except KeyError:
-        raise ConfigError(
-            f"`method.name` must be one of {', '.join(sorted(METHODS))}. Found {name!r}."
-        ) from None
-
-
-def make_method(cfg: MethodConfig, *, seed: int) -> Method:
-    cls = METHODS.get(cfg.name)
-    if cls is None:
-        method_config_class(cfg.name)  # raises the listing error
-    assert cls is not None
-    if not isinstance(cfg, cls.config_cls):
-        raise ConfigError(f"method {cfg.name!r} needs a {cls.config_cls.__name__}.")
-    return cls(cfg, seed=seed)
-
-
-def select(t: Tensors, keep: Callable[[str], bool]) -> Tensors:
-    return {k: v for k, v in t.items() if keep(k)}
-
-
 def aggregation_gap(
     method: Method,
     client_views: Sequence[Tensors],
@@ -224,8 +238,6 @@ def aggregation_gap(
     Zero (to float precision) for exact methods; FedIT's inexactness shows up here.
     ``client_views`` are each client's received view updated with its trained tensors.
     """
-    from ..aggregation import normalize_weights
-
     p = normalize_weights(weights)
     target: Tensors = {}
     for w, view, spec in zip(p, client_views, client_specs):

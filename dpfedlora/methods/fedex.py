@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..aggregation import Tensors, delta_weight, normalize_weights
-from .base import ClientSpec, LoRAMethod, register_method
+from .aggregation import Tensors, delta_weight, exact_factors, normalize_weights
+from .base import ClientSpec, ExportedLoRA, LoRAMethod
+from .registry import register_method
 
 
 @register_method
@@ -56,6 +57,15 @@ class FedEx(LoRAMethod):
         out = super().effective_deltas(view, client)
         for layer in self.layers:
             out[layer.name] = out[layer.name] + (view[layer.base] - self.base0[layer.base])
+        return out
+
+    def export(self, view: Tensors) -> dict[str, ExportedLoRA]:
+        # the residual folded into W0 and the adapter product, as one exact low-rank factor pair
+        total = self.effective_deltas(view, None)
+        out = {}
+        for layer in self.layers:
+            b, a = exact_factors(total[layer.name], fan_in_fan_out=layer.fan_in_fan_out)
+            out[layer.name] = ExportedLoRA(b, a, 1.0)
         return out
 
     def init_state(self) -> Tensors:

@@ -8,7 +8,8 @@ noise × noise term (methods.md §1).
 
 from __future__ import annotations
 
-from .base import LoRAMethod, register_method
+from .base import LoRAMethod
+from .registry import register_method
 
 
 @register_method
@@ -16,3 +17,12 @@ class FedIT(LoRAMethod):
     name = "fedit"
     exact = False
     TRAINABLE = ("lora_A", "lora_B")
+
+    def noise_prediction(self, params, *, scaling, lr, steps, nu):
+        """Linear as FFA (B = 0 at start) plus the noise x noise term s²η⁴T²ν⁴ d r k."""
+        nonlinear = sum(
+            scaling**2 * lr**4 * steps**2 * nu**4
+            * layer.out_features * self.cfg.rank * layer.in_features
+            for layer in self.layers
+        )  # fmt: skip
+        return self._linear_noise(params, scaling, lr, steps, nu), nonlinear

@@ -15,38 +15,22 @@ Under DP, an initialisation from private data without noise is refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import nn
 
-from ..adapters import inject_latent, inject_lora
-from ..config import ConfigError, MethodConfig
-from ..models import BuiltModel
-from .base import Method, register_method
+from accounting import Event, Gaussian
 
-INITS = ("random", "public", "private")
-
-
-@dataclass(frozen=True)
-class FedSBConfig(MethodConfig):
-    name: str = "fedsb"
-    alpha: float = 4.0  # Fed-SB's code always uses alpha = r (s = 1); set it to your rank
-    init: str = "random"  # random | public | private
-    init_noise_multiplier: float = 5.0  # σ of the private init's Gaussian release
-    init_scale: float = 1e-3  # step size η of the sign-gradient "update approximation"
-    init_public_fraction: float = 0.1  # share of training data marked public (init=public)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.init not in INITS:
-            raise ConfigError(
-                f"`method.init` must be one of {', '.join(INITS)}. Found {self.init!r}."
-            )
-        if not self.init_noise_multiplier > 0:
-            raise ConfigError(
-                "`method.init_noise_multiplier` must be > 0: an initialisation from private "
-                f"data must be noised. Found {self.init_noise_multiplier!r}."
-            )
+from ..config import FedSBConfig
+from ..models.adapters import inject_latent, inject_lora
+from ..models.builders import BuiltModel
+from ..noise import make_noise_source
+from ..tasks import TASKS
+from .aggregation import Tensors
+from .base import ExportedLoRA, Method
+from .fedsb_init import apply_sign_svd, gradient_sum
+from .registry import register_method
 
 
 @register_method
@@ -73,3 +57,62 @@ class FedSB(Method):
 
     def trainable(self, param_name: str, round_idx: int) -> bool:
         return param_name in self.head or any(param_name == layer.r for layer in self.layers)
+
+    # -- the initialisation (LoRA-SB's gradient SVD), owned here -------------------------
+    def public_fraction(self) -> float:
+        return self.cfg.init_public_fraction if self.cfg.init == "public" else 0.0
+
+    def init_event(self, private: bool) -> Event | None:
+        if self.cfg.init == "private" and private:
+            return Gaussian(self.cfg.init_noise_multiplier)
+        return None
+
+    def prepare(self, setup: Any) -> None:
+        """B, R, A from trunc_r(−η · sign(G)): G on the public share, or the sum of every
+        client's clipped, noised gradient sum (one Gaussian release each, spent first)."""
+        if self.cfg.init == "random":
+            return
+        cfg = setup.cfg
+        loss = TASKS[cfg.model.task].loss
+        if self.cfg.init == "public":
+            grads = gradient_sum(
+                self, setup.model, loss, setup.public,
+                clip_norm=None, noise_multiplier=None, noise_source=None,
+            )  # fmt: skip
+        else:
+            p, grads = cfg.privacy, None
+            event = self.init_event(p.private)
+            for c in setup.clients:
+                if event is not None:  # write-ahead: recorded before the shard is read
+                    c.spend(0, "init", event)
+                g = gradient_sum(
+                    self,
+                    setup.model,
+                    loss,
+                    c.data,
+                    clip_norm=p.clip_norm,
+                    noise_multiplier=self.cfg.init_noise_multiplier,
+                    noise_source=make_noise_source(
+                        p.secure_mode, cfg.seed, "sb_init_noise", c.spec.cid
+                    ),
+                )
+                grads = g if grads is None else {k: grads[k] + g[k] for k in grads}
+        apply_sign_svd(self, setup.model, grads, step=self.cfg.init_scale)
+
+    # -- analysis and export -------------------------------------------------------------
+    def noise_prediction(self, params, *, scaling, lr, steps, nu):
+        """B, A orthonormal: ‖B ξ A‖_F = ‖ξ‖_F, so E‖·‖² = s²η²Tν² r² per layer."""
+        r = self.cfg.rank
+        return len(self.layers) * (scaling * lr) ** 2 * steps * nu**2 * r**2, 0.0
+
+    def export(self, view: Tensors) -> dict[str, ExportedLoRA]:
+        # s · B R A = s · (B R) A: R folded into B, a plain rank-r LoRA
+        s = self.scaling(None)
+        return {
+            layer.name: ExportedLoRA(
+                (view[layer.b].double() @ view[layer.r].double()).to(torch.float32),
+                view[layer.a],
+                s,
+            )
+            for layer in self.layers
+        }

@@ -8,10 +8,14 @@ sent. Aggregation is exact: Σ p_k s B_k A = s (Σ p_k B_k) A, and DP noise reac
 
 from __future__ import annotations
 
-from .base import LoRAMethod, register_method
+from .base import LoRAMethod
+from .registry import register_method
 
 
 @register_method
 class FFA(LoRAMethod):
     name = "ffa"
     TRAINABLE = ("lora_B",)
+
+    def noise_prediction(self, params, *, scaling, lr, steps, nu):
+        return self._linear_noise(params, scaling, lr, steps, nu), 0.0

@@ -15,40 +15,22 @@ DP noise. Only the first r_k directions are uploaded.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..aggregation import (
+from ..config import FlexLoRAConfig
+from .aggregation import (
     Tensors,
     delta_weight,
+    exact_factors,
     lora_scaling,
     normalize_weights,
     truncated_split,
     weighted_mean,
 )
-from ..config import ConfigError, MethodConfig
-from .base import ClientSpec, LoRAMethod, clone, register_method
-
-
-@dataclass(frozen=True)
-class FlexLoRAConfig(MethodConfig):
-    name: str = "flexlora"
-    # Per-client ranks, cycled over clients. Empty: alternate rank and rank // 2 (heterogeneous).
-    ranks: tuple[int, ...] = ()
-    # "shard_size": r_k = max(1, round(rank * n_k / max_j n_j)), i.e. richer clients train
-    # larger adapters (overrides `ranks`); "": use `ranks`.
-    rank_rule: str = ""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if any(r < 1 for r in self.ranks):
-            raise ConfigError(f"`method.ranks` must be positive integers. Found {self.ranks!r}.")
-        if self.rank_rule not in ("", "shard_size"):
-            raise ConfigError(
-                f"`method.rank_rule` must be '' or shard_size. Found {self.rank_rule!r}."
-            )
+from .base import ClientSpec, ExportedLoRA, LoRAMethod, clone
+from .registry import register_method
 
 
 @register_method
@@ -159,5 +141,21 @@ class FlexLoRA(LoRAMethod):
             return {layer.name: view[layer.base] - self.base0[layer.base] for layer in self.layers}
         return super().effective_deltas(view, client)
 
-    def delta_state(self, state: Tensors) -> Tensors:
-        return {layer.name: state[f"delta/{layer.name}"] for layer in self.layers}
+    def client_update(self, view: Tensors, payload: Tensors, client: ClientSpec) -> Tensors:
+        # the uploaded r_k directions, back in the max-rank layout (the rest stayed zero)
+        out = {**view, **{n: payload[n] for n in self.head}}
+        r = client.rank
+        for layer in self.layers:
+            a, b = torch.zeros_like(view[layer.a]), torch.zeros_like(view[layer.b])
+            a[:r], b[:, :r] = payload[layer.a], payload[layer.b]
+            out[layer.a], out[layer.b] = a, b
+        return out
+
+    def export(self, view: Tensors) -> dict[str, ExportedLoRA]:
+        # ΔW_g is full size: exported at its numerical rank, exactly (no truncation)
+        out = {}
+        for layer in self.layers:
+            delta = view[layer.base] - self.base0[layer.base]
+            b, a = exact_factors(delta, fan_in_fan_out=layer.fan_in_fan_out)
+            out[layer.name] = ExportedLoRA(b, a, 1.0)
+        return out

@@ -12,34 +12,17 @@ the projector is computed from the already-noised gradient, which is post-proces
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from torch import nn
 
-from ..adapters import layers_without_lora
-from ..aggregation import Tensors, weighted_mean
-from ..config import ConfigError, MethodConfig
-from ..models import BuiltModel
-from .base import ClientSpec, Method, clone, register_method
-
-OPTIMIZERS = ("adamw", "galore", "sgd")
-
-
-@dataclass(frozen=True)
-class FullConfig(MethodConfig):
-    name: str = "full"
-    local_optimizer: str = "adamw"  # adamw | galore | sgd
-    galore_rank: int = 4  # rank of GaLore's gradient projection
-    galore_update_proj_gap: int = 50  # steps between projector refreshes
-    galore_scale: float = 1.0  # multiplies the projected-back update
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.local_optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"`method.local_optimizer` must be one of {', '.join(OPTIMIZERS)}. "
-                f"Found {self.local_optimizer!r}."
-            )
+from ..config import FullConfig, TrainConfig
+from ..models.adapters import layers_without_lora
+from ..models.builders import BuiltModel
+from .aggregation import Tensors, weighted_mean
+from .base import ClientSpec, Method, clone
+from .galore import GaLoreAdamW
+from .optimizers import make_optimizer
+from .registry import register_method
 
 
 @register_method
@@ -59,6 +42,18 @@ class Full(Method):
     def trainable(self, param_name: str, round_idx: int) -> bool:
         return param_name in self.head or any(param_name == layer.base for layer in self.layers)
 
+    def make_optimizer(self, params: list[nn.Parameter], train: TrainConfig):
+        if self.cfg.local_optimizer != "galore":
+            return make_optimizer(self.cfg.local_optimizer, params, train)
+        return GaLoreAdamW(
+            params,
+            lr=train.lr,
+            rank=self.cfg.galore_rank,
+            update_proj_gap=self.cfg.galore_update_proj_gap,
+            scale=self.cfg.galore_scale,
+            weight_decay=train.weight_decay,
+        )
+
     def payload(
         self, trained: Tensors, received: Tensors, client: ClientSpec, round_idx: int
     ) -> Tensors:
@@ -76,6 +71,12 @@ class Full(Method):
         for n, mean_change in weighted_mean(payloads, weights).items():
             new[n] = state[n] + mean_change
         return new
+
+    def client_update(self, view: Tensors, payload: Tensors, client: ClientSpec) -> Tensors:
+        return {**view, **{n: view[n] + d for n, d in payload.items()}}
+
+    def export(self, view: Tensors) -> None:
+        return None  # not an adapter: exported as the merged model
 
     def effective_deltas(self, view: Tensors, client: ClientSpec | None = None) -> Tensors:
         return {layer.name: view[layer.base] - self.base0[layer.base] for layer in self.layers}

@@ -8,8 +8,9 @@ linear within a round.
 
 from __future__ import annotations
 
-from ..aggregation import Tensors
-from .base import ClientSpec, LoRAMethod, register_method
+from .aggregation import Tensors
+from .base import ClientSpec, LoRAMethod
+from .registry import register_method
 
 
 @register_method
@@ -18,6 +19,10 @@ class RoLoRA(LoRAMethod):
 
     def active(self, round_idx: int) -> tuple[str, ...]:
         return ("lora_B",) if round_idx % 2 == 1 else ("lora_A",)
+
+    def noise_prediction(self, params, *, scaling, lr, steps, nu):
+        # round 1 trains B with A frozen: FFA's structure
+        return self._linear_noise(params, scaling, lr, steps, nu), 0.0
 
     def download_numel(self, state: Tensors, client: ClientSpec, round_idx: int) -> int:
         # A client needs the factor aggregated in the previous round (its phase's opposite);

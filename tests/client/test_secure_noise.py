@@ -60,7 +60,7 @@ def test_seeded_source_matches_opacus_noise_bit_for_bit():
 
 @pytest.mark.parametrize("secure", [False, True])
 def test_dp_optimizer_noise_std_from_the_source(secure):
-    from dpfedlora.dp_optimizer import SourcedDPOptimizer
+    from dpfedlora.client.dp_optimizer import SourcedDPOptimizer
 
     p = torch.nn.Parameter(torch.zeros(100_000))
     opt = SourcedDPOptimizer(
@@ -96,18 +96,18 @@ def test_secure_runs_differ_seeded_runs_repeat(tmp_path):
 
 
 def test_fedsb_private_init_noise_comes_from_the_source(tmp_path):
-    from dpfedlora.client import LOSSES
-    from dpfedlora.sb_init import gradient_sum
-    from tests.helpers import federation
+    from dpfedlora.methods.fedsb_init import gradient_sum
+    from dpfedlora.tasks import TASKS
+    from tests.helpers import tiny_setup
 
-    fed = federation(tmp_path, "method.name=fedsb", "method.init=private")
+    fed = tiny_setup("method.name=fedsb", "method.init=private")
     data = fed.clients[0].data.subset(torch.arange(16))
 
     def noisy(source):
         return gradient_sum(
             fed.method,
             fed.model,
-            LOSSES["classification"],
+            TASKS["classification"].loss,
             data,
             clip_norm=1.0,
             noise_multiplier=8.0,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from dpfedlora.config import ConfigError, DataConfig, PartitionConfig
-from dpfedlora.partition import label_histogram, partition
+from dpfedlora.data.partition import label_histogram, partition
 
 LABELS = np.random.default_rng(0).integers(0, 4, size=2000)
 

@@ -140,7 +140,7 @@ def test_missing_file_and_unknown_builtin():
 def test_causal_lm_loss_only_on_response_tokens(tmp_path):
     import torch
 
-    from dpfedlora.client import LOSSES
+    from dpfedlora.tasks import TASKS
 
     path = tmp_path / "lm.jsonl"
     path.write_text(
@@ -171,7 +171,7 @@ def test_causal_lm_loss_only_on_response_tokens(tmp_path):
             return SimpleNamespace(logits=torch.randn(*input_ids.shape, 64))
 
     batch = train.subset([0, 1])
-    got = LOSSES["causal_lm"](Fixed(), batch)
+    got = TASKS["causal_lm"].loss(Fixed(), batch)
     logits = Fixed()(batch.input_ids, batch.attention_mask).logits
     want = []
     for i in range(2):

@@ -5,15 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpfedlora.client import Engine
-from dpfedlora.galore import GaLoreAdamW
+from dpfedlora.methods.galore import GaLoreAdamW
 from dpfedlora.noise import SeededNoise
-from tests.helpers import federation
+from tests.helpers import tiny_setup
 
 
 def _one_step(tmp_path, mode, *extra, private=True):
-    fed = federation(
-        tmp_path / "-".join([mode, *extra]).replace("/", "_"),
+    fed = tiny_setup(
         "method.name=fedit",
         *extra,
         "privacy.noise_multiplier=1.0",
@@ -23,7 +21,7 @@ def _one_step(tmp_path, mode, *extra, private=True):
         "train.optimizer=sgd",
         "train.lr=1.0",
     )
-    engine = Engine(fed.cfg, fed.method, fed.model, noise_multiplier=0.0)
+    engine = fed.trainer
     names = fed.method.trainable_names(1)
     for n, p in engine.params.items():
         p.requires_grad_(n in names)
@@ -35,9 +33,9 @@ def _one_step(tmp_path, mode, *extra, private=True):
     params = [engine.params[n] for n in names]
     opt = torch.optim.SGD(params, lr=1.0)
     if private:
-        opt = engine._dp_optimizer(opt, SeededNoise(0, "test"))
+        opt = engine.dp_optimizer(opt, SeededNoise(0, "test"), noise_multiplier=0.0)
     before = {n: engine.params[n].detach().clone() for n in names}
-    engine._step(opt, fed.clients[0].data.subset(torch.arange(12)), params)
+    engine.step(opt, fed.clients[0].data.subset(torch.arange(12)), params)
     return {n: engine.params[n].detach() - before[n] for n in names}
 
 
@@ -50,7 +48,7 @@ def test_ghost_equals_hooks_without_noise(tmp_path):
 
 @pytest.mark.parametrize("private", [True, False])
 def test_physical_batches_equal_one_batch(tmp_path, private):
-    fed = federation(tmp_path / "probe")
+    fed = tiny_setup()
     batch = fed.clients[0].data.subset(torch.arange(12))
     chunks = batch.physical_batches(40)
     assert len(chunks) >= 3 and sum(len(c) for c in chunks) == 12

@@ -8,10 +8,10 @@ import pytest
 import torch
 from opacus import GradSampleModule
 
-from dpfedlora.client import LOSSES, Engine
+from dpfedlora.client.preflight import PreflightError, check_model, check_moved
 from dpfedlora.noise import SeededNoise
-from dpfedlora.preflight import PreflightError, check_model, check_moved
-from tests.helpers import federation
+from dpfedlora.tasks import TASKS
+from tests.helpers import tiny_setup
 
 
 def _per_example_reference(model, loss_fn, batch, names):
@@ -27,7 +27,7 @@ def _per_example_reference(model, loss_fn, batch, names):
 
 @pytest.mark.parametrize("method, kind", [("fedit", ("lora_A", "lora_B")), ("fedsb", ("latent",))])
 def test_opacus_per_sample_grads_equal_per_example_loop(tmp_path, method, kind):
-    fed = federation(tmp_path, f"method.name={method}")
+    fed = tiny_setup(f"method.name={method}")
     model, m = fed.model, fed.method
     names = [n for n in m.trainable_names(1) if any(k in n for k in kind)]
     assert names
@@ -39,7 +39,7 @@ def test_opacus_per_sample_grads_equal_per_example_loop(tmp_path, method, kind):
             if "lora_B" in n or "latent" in n:
                 p.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
     batch = fed.clients[0].data.subset(torch.arange(6))
-    loss_fn = LOSSES["classification"]
+    loss_fn = TASKS["classification"].loss
     ref = _per_example_reference(model, loss_fn, batch, names)
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     for n in names:
@@ -57,8 +57,7 @@ def test_noise_std_is_sigma_c_over_batch(tmp_path):
     """One DP-SGD step with SGD(lr=1): update = -(Σ_i clip(g_i) + ξ) / B. We compute Σ clip(g_i)
     independently (per-example loop) and check std(ξ / B) = σ C / B within 10 % over many draws."""
     sigma, clip, batch_size = 2.0, 0.5, 16
-    fed = federation(
-        tmp_path,
+    fed = tiny_setup(
         "method.name=fedit",
         f"privacy.noise_multiplier={sigma}",
         f"privacy.clip_norm={clip}",
@@ -67,13 +66,13 @@ def test_noise_std_is_sigma_c_over_batch(tmp_path):
         "train.lr=1.0",
     )
     m, model = fed.method, fed.model
-    engine = Engine(fed.cfg, m, model, noise_multiplier=sigma)
+    engine = fed.trainer
     names = m.trainable_names(1)
     params = dict(model.named_parameters())
     batch = fed.clients[0].data.subset(torch.arange(10))
     for n in names:
         params[n].requires_grad_(True)
-    ref = _per_example_reference(model, LOSSES["classification"], batch, names)
+    ref = _per_example_reference(model, TASKS["classification"].loss, batch, names)
     clipped = {n: torch.zeros_like(params[n]) for n in names}
     for row in ref:
         norm = math.sqrt(sum(float(g.pow(2).sum()) for g in row.values()))
@@ -85,11 +84,12 @@ def test_noise_std_is_sigma_c_over_batch(tmp_path):
     noises = []
     for draw in range(12):
         engine.load(start)
-        opt = engine._dp_optimizer(
+        opt = engine.dp_optimizer(
             torch.optim.SGD([params[n] for n in names], lr=1.0),
             SeededNoise(draw, "noise-test"),
+            noise_multiplier=sigma,
         )
-        engine._step(opt, batch, [params[n] for n in names])
+        engine.step(opt, batch, [params[n] for n in names])
         for n in names:
             update = params[n].detach() - start[n]
             noises.append((-update * batch_size - clipped[n]).flatten() / batch_size)
@@ -101,7 +101,7 @@ def test_noise_std_is_sigma_c_over_batch(tmp_path):
 
 
 def test_preflight_eval_mode_and_unsupported_module(tmp_path):
-    fed = federation(tmp_path, "method.name=ffa")
+    fed = tiny_setup("method.name=ffa")
     model = fed.model
     names = fed.method.trainable_names(1)
     model.eval()
@@ -131,7 +131,7 @@ def test_preflight_no_update_is_an_error():
 
 
 def test_gradient_checkpointing_non_reentrant_is_refused(tmp_path):
-    fed = federation(tmp_path, "method.name=ffa")
+    fed = tiny_setup("method.name=ffa")
     base = fed.model.base_model.model
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     with pytest.raises(PreflightError, match="use_reentrant"):
@@ -139,7 +139,7 @@ def test_gradient_checkpointing_non_reentrant_is_refused(tmp_path):
 
 
 def test_gradient_checkpointing_reentrant_is_accepted(tmp_path):
-    fed = federation(tmp_path, "method.name=ffa")
+    fed = tiny_setup("method.name=ffa")
     base = fed.model.base_model.model
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     check_model(fed.model, fed.method.trainable_names(1))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from accounting import Ledger
-from dpfedlora.client import Engine
+from dpfedlora.client import Trainer
 from dpfedlora.federation import RunError, run
 from tests.helpers import tiny_cfg
 
@@ -110,27 +110,27 @@ def test_ghost_mode_empty_batch_takes_a_noise_only_step(tmp_path):
     )
     before = {}
 
-    def spy(self, client, rnd, received):
+    def spy(self, client, rnd, received, **kw):
         before[client.spec.cid] = {k: v.clone() for k, v in received.items()}
-        return original(self, client, rnd, received)
+        return original(self, client, rnd, received, **kw)
 
-    original = Engine.train_client
-    Engine.train_client = spy
+    original = Trainer.train_local
+    Trainer.train_local = spy
     try:
         summary = quiet(cfg, tmp_path / "r")
     finally:
-        Engine.train_client = original
+        Trainer.train_local = original
     assert summary["stopped_reason"] == "completed" and summary["faulty_clients"] == []
 
 
 def _inject(monkeypatch, fault):
-    original = Engine.train_client
+    original = Trainer.train_local
 
-    def faulty(self, client, rnd, received):
-        res = original(self, client, rnd, received)
+    def faulty(self, client, rnd, received, **kw):
+        res = original(self, client, rnd, received, **kw)
         return fault(client, res)
 
-    monkeypatch.setattr(Engine, "train_client", faulty)
+    monkeypatch.setattr(Trainer, "train_local", faulty)
 
 
 def test_a_raising_client_is_left_out_and_its_spend_counted(monkeypatch, tmp_path):
@@ -213,7 +213,7 @@ def test_diagnostics_switch_removes_histogram_and_loss(tmp_path):
 
 
 def test_warnings_for_settings_that_silently_hurt(tmp_path):
-    from dpfedlora.advice import shard_warnings
+    from dpfedlora.federation.advice import shard_warnings
 
     cfg = tiny_cfg("privacy.delta=0.03")
     found = shard_warnings(cfg, [240, 50, 240], [32 / 240, 32 / 50, 32 / 240], left_out=0)
@@ -252,7 +252,7 @@ def test_ledger_verb_on_a_non_private_run_says_why_there_is_none(tmp_path, capsy
 def test_checkpoint_replace_fsyncs_its_directory(tmp_path, monkeypatch):
     import os
 
-    from dpfedlora.rundir import RunDir
+    from dpfedlora.federation.rundir import RunDir
 
     synced = []
     real = os.fsync

@@ -13,19 +13,21 @@ import copy
 import pytest
 import torch
 
-from dpfedlora.client import Engine
 from dpfedlora.methods import METHODS
 from dpfedlora.methods.base import aggregation_gap
-from tests.helpers import ALL_METHODS, EXACT_METHODS, federation
+from tests.helpers import tiny_setup
 
 
-def test_every_registered_method_is_in_the_battery():
-    assert sorted(METHODS) == sorted(ALL_METHODS)
+def test_the_battery_covers_the_registry_and_the_config_schemas():
+    from dpfedlora.config import METHOD_CONFIGS
+
+    assert sorted(METHODS) == sorted(METHOD_CONFIGS)  # built-ins; both registries agree
+    for name, cls in METHODS.items():
+        assert METHOD_CONFIGS[name] is cls.config_cls, name
 
 
 def _train_round(tmp_path, method_name, rnd=1, clients=(0, 1, 2)):
-    fed = federation(
-        tmp_path,
+    fed = tiny_setup(
         f"method.name={method_name}",
         "privacy.noise_multiplier=1.0",
         "train.local_steps=3",
@@ -34,7 +36,7 @@ def _train_round(tmp_path, method_name, rnd=1, clients=(0, 1, 2)):
         "train.batch_size=16",
     )
     m = fed.method
-    engine = Engine(fed.cfg, m, fed.model, noise_multiplier=1.0)
+    engine = fed.trainer
     state = m.init_state()
     out = []
     for i in clients:
@@ -42,13 +44,13 @@ def _train_round(tmp_path, method_name, rnd=1, clients=(0, 1, 2)):
         view = m.client_view(state, c.spec, rnd)
         engine.load(view)
         before = {n: p.detach().clone() for n, p in fed.model.named_parameters()}
-        res = c.train(engine, rnd, view)
+        res = engine.train_local(c, rnd, view, noise_multiplier=1.0)
         after = {n: p.detach().clone() for n, p in fed.model.named_parameters()}
         out.append((c, view, res, before, after))
     return fed, m, state, out
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_contract(tmp_path, name):
     fed, m, state, trained = _train_round(tmp_path, name)
     rnd = 1
@@ -65,6 +67,10 @@ def test_contract(tmp_path, name):
         specs.append(c.spec)
         weights.append(c.spec.num_examples)
         views.append({**view, **res.trained})
+        # what the server rebuilds from the payload equals what the client trained
+        rebuilt = m.client_update(view, payload, c.spec)
+        for n in res.trained:
+            torch.testing.assert_close(rebuilt[n], res.trained[n], atol=1e-6, rtol=0)
 
     # aggregate is pure
     p_copy, s_copy = copy.deepcopy(payloads), copy.deepcopy(state)
@@ -86,7 +92,7 @@ def test_contract(tmp_path, name):
 
     # exactness: aggregated effective weights == weighted mean of the clients' (1e-5)
     gap = aggregation_gap(m, views, specs, weights, new_state)
-    if name in EXACT_METHODS:
+    if METHODS[name].exact:
         ref = {}
         for w, v, s in zip(weights, views, specs):
             for layer, d in m.effective_deltas(v, s).items():
@@ -100,7 +106,7 @@ def test_contract(tmp_path, name):
 
 
 def test_rolora_alternates_b_first(tmp_path):
-    fed = federation(tmp_path, "method.name=rolora")
+    fed = tiny_setup("method.name=rolora")
     m = fed.method
     names1, names2 = set(m.trainable_names(1)), set(m.trainable_names(2))
     head = set(m.head)

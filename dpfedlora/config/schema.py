@@ -1,24 +1,19 @@
-"""One typed, frozen config tree loaded from YAML with dotted command-line overrides.
+"""The config schema: one typed, frozen tree, validated completely on construction.
 
 ``Experiment(seed, model, data, method, privacy, train, server)``. YAML keys equal field names.
-Unknown keys and wrong types are errors that name the key, the value and what is allowed.
-Method-specific keys live under ``method`` and are validated by the method's own config class
-(looked up in the method registry by ``method.name``).
+Every option string and numeric range is checked in ``__post_init__``, so a config that exists
+is valid; loading, overrides and ``base:`` inheritance are in :mod:`dpfedlora.config.load`.
+Method-specific sections subclass :class:`MethodConfig` (:mod:`dpfedlora.config.methods`).
+This module imports neither torch nor the methods.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import types
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
 
-import yaml
-
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = [
     "ConfigError",
@@ -30,10 +25,9 @@ __all__ = [
     "ServerConfig",
     "MethodConfig",
     "Experiment",
-    "load_config",
-    "from_dict",
-    "to_dict",
-    "parse_overrides",
+    "check_choice",
+    "check_int",
+    "check_number",
 ]
 
 
@@ -41,10 +35,10 @@ class ConfigError(UserError, ValueError):
     """A config key or value is invalid."""
 
 
-# Option strings of the schema. Each has a registry elsewhere (tasks: client.LOSSES; partition
-# kinds: partition.PARTITIONERS; grad-sample modes: dp_optimizer.DP_OPTIMIZERS); a test checks
-# that every registry's keys equal these, so the config can be validated without importing torch.
-TASKS = ("classification", "causal_lm")
+# Option strings of the schema. Each has a registry elsewhere (tasks: tasks.TASKS; partition
+# kinds: data.partition.PARTITIONERS; grad-sample modes: client.grad_sample.GRAD_SAMPLE_MODES);
+# a test checks that every registry's keys equal these, so a config is validated without torch.
+TASK_NAMES = ("classification", "causal_lm")
 POOLINGS = ("model", "mean")
 PARTITION_KINDS = ("iid", "dirichlet", "pathological", "by_column")
 PRIVACY_MODES = ("none", "sample")
@@ -118,7 +112,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"`model.name` must be a model id or path. Found {self.name!r}.")
-        check_choice("model.task", self.task, TASKS)
+        check_choice("model.task", self.task, TASK_NAMES)
         check_choice("model.pooling", self.pooling, POOLINGS)
         check_int("model.num_labels", self.num_labels, minimum=2)
         check_int("model.max_length", self.max_length, minimum=2, fix="Use e.g. 128.")
@@ -338,179 +332,3 @@ class Experiment:
                 "`name` must be letters, digits, '.', '_' or '-' (it names the run directory). "
                 f"Found {self.name!r}."
             )
-
-
-# ----------------------------------------------------------------------------- conversion
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"`{key}` must be {' or '.join(map(_type_name, args))}. Found {value!r}.")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"`{key}` must be a list. Found {value!r}.")
-        return tuple(_coerce(v, args[0], key) for v in value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"`{key}` must be a mapping. Found {value!r}.")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"`{key}` must be true or false. Found {value!r}.")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"`{key}` must be an integer. Found {value!r}.")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-5" (no dot) as a string; "inf" means infinity (non-private).
-            try:
-                return float(value.strip().lower().replace(".inf", "inf"))
-            except ValueError:
-                pass
-        raise ConfigError(f"`{key}` must be a number. Found {value!r}.")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"`{key}` must be a string. Found {value!r}.")
-    if is_dataclass(tp):
-        return from_dict(tp, value, prefix=key)
-    raise ConfigError(f"`{key}`: unsupported config type {tp!r}.")  # pragma: no cover
-
-
-def from_dict(cls: type, data: Any, *, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"`{prefix or 'config'}` must be a mapping. Found {data!r}.")
-    if cls is MethodConfig or (isinstance(cls, type) and issubclass(cls, MethodConfig)):
-        from .methods import method_config_class
-
-        cls = method_config_class(str(data.get("name", MethodConfig.name)))
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"unknown config key `{where}{unknown[0]}`. Allowed under "
-            f"`{prefix or 'top level'}`: {', '.join(sorted(names))}."
-        )
-    kwargs = {}
-    for f in fields(cls):
-        if f.name in data:
-            key = f"{prefix}.{f.name}" if prefix else f.name
-            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"`{prefix or 'config'}`: {exc}") from exc
-
-
-def to_dict(obj: Any) -> Any:
-    """Plain-data view of a config (inverse of from_dict), for YAML and hashing."""
-    if is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj) if f.init}
-    if isinstance(obj, tuple):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, float) and math.isinf(obj):
-        return "inf"
-    return obj
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["method.name=ffa", "server.rounds=3"]`` -> nested dict (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"override must look like key=value. Found {pair!r}.")
-        key, raw = pair.split("=", 1)
-        if not key.strip() or any(not part for part in key.strip().split(".")):
-            raise ConfigError(f"override must look like key=value. Found {pair!r}.")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            raise ConfigError(
-                f"override {pair!r}: the value is not valid YAML. Quote it, e.g. {key}='...'."
-            ) from None
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {pair!r} conflicts with another override.")
-        node[parts[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def load_config(
-    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
-) -> Experiment:
-    """Load an Experiment from YAML (or defaults) and apply dotted overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-            data = yaml.safe_load(text) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}.") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not a UTF-8 text file.") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}.") from None
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"{path}: the top level must be a mapping. Found {type(data).__name__}."
-            )
-    if overrides:
-        over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        if "method" in over and "name" in over["method"] and "method" in data:
-            # switching method keeps only the shared keys of the old method section
-            shared = {f.name for f in fields(MethodConfig)}
-            data = dict(data, method={k: v for k, v in data["method"].items() if k in shared})
-        data = _merge(data, over)
-    return from_dict(Experiment, data)
-
-
-def with_updates(cfg: Experiment, **sections: Any) -> Experiment:
-    """``with_updates(cfg, server={"rounds": 4})``: a modified copy, validated."""
-    data = to_dict(cfg)
-    return from_dict(Experiment, _merge(data, sections))

@@ -31,8 +31,8 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, load_config
-from .rundir import config_hash
+from ..config import ConfigError, load_config, nest_overrides
+from ..federation.rundir import config_hash
 
 __all__ = ["Cell", "load_sweep", "run_sweep", "default_jobs"]
 
@@ -84,20 +84,9 @@ def load_sweep(path: str | Path) -> tuple[Path, list[Cell]]:
         overrides: list[tuple[str, Any]] = []
         for k, v in zip(keys, combo):
             overrides += _cell_overrides(k, v)
-        cfg = load_config(base, dict_overrides(overrides))
+        cfg = load_config(base, nest_overrides(overrides))
         cells.append(Cell(tuple(overrides), config_hash(cfg)))
     return base, cells
-
-
-def dict_overrides(pairs: list[tuple[str, Any]] | tuple[tuple[str, Any], ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
 
 
 def default_jobs() -> int:
@@ -119,7 +108,7 @@ def _status(cell_dir: Path) -> str:
 def _run_cell(
     base: Path, cell: Cell, cell_dir: Path, threads: int
 ) -> tuple[Cell, str | None, float]:
-    from .prefix_cache import STORE_ENV
+    from ..models.prefix_cache import STORE_ENV
 
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     # Cells share the frozen-prefix features (same model, same messages): computed once, kept

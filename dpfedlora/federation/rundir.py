@@ -18,7 +18,7 @@ import yaml
 
 from accounting.ledger import fsync_directory
 
-from .config import Experiment, to_dict
+from ..config import Experiment, to_dict
 
 __all__ = ["RunDir", "config_hash", "json_safe"]
 

@@ -20,10 +20,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..data.tensors import TensorData
+from ..noise import NoiseSource
 from .aggregation import Tensors
-from .data import TensorData
-from .methods.base import Method
-from .noise import NoiseSource
+from .base import Method
 
 __all__ = ["gradient_sum", "apply_sign_svd"]
 

@@ -74,3 +74,17 @@ def truncated_split(
         b = torch.cat([b, b.new_zeros(b.shape[0], rank - k)], dim=1)
         a = torch.cat([a, a.new_zeros(rank - k, a.shape[1])], dim=0)
     return b.to(delta.dtype), a.to(delta.dtype)
+
+
+def exact_factors(
+    delta: torch.Tensor, *, fan_in_fan_out: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ΔW (in W's layout) as B A with B (out, k), A (k, in) and k its numerical rank: the
+    singular values above s_max · max(out, in) · eps(float32) (NumPy's ``matrix_rank`` rule;
+    the rest are float32 round-off). Exact to float precision; used to export FlexLoRA's and
+    FedEx's full-size global updates as a plain LoRA."""
+    w = (delta.T if fan_in_fan_out else delta).double()
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    tol = float(s.max()) * max(w.shape) * torch.finfo(torch.float32).eps if s.numel() else 0.0
+    k = max(1, int((s > tol).sum()))
+    return (u[:, :k] * s[:k]).to(delta.dtype), vh[:k].contiguous().to(delta.dtype)

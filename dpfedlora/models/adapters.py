@@ -14,7 +14,6 @@ Fed-SB/FedEx reference code reuses one seed for all modules, a bug noted in meth
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .models import BuiltModel
+from ..noise import derive_generator
+from .builders import BuiltModel
 
 __all__ = [
     "Layer",
@@ -30,7 +30,6 @@ __all__ = [
     "inject_lora",
     "inject_latent",
     "layers_without_lora",
-    "module_generator",
     "orthonormal",
 ]
 
@@ -47,13 +46,6 @@ class Layer:
     fan_in_fan_out: bool
     in_features: int
     out_features: int
-
-
-def module_generator(seed: int, name: str, purpose: str = "init") -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}/{purpose}/{name}".encode()).digest()
-    g = torch.Generator()
-    g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return g
 
 
 def orthonormal(rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
@@ -116,7 +108,7 @@ def inject_lora(
             # peft's default is kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); keep the
             # distribution, but draw it from a per-module generator.
             bound = 1 / math.sqrt(a.in_features)
-            g = module_generator(seed, mod_name, "lora_A")
+            g = derive_generator(seed, "lora_A", mod_name)
             a.weight.copy_(torch.rand(a.weight.shape, generator=g) * 2 * bound - bound)
             module.lora_B["default"].weight.zero_()
         base = module.base_layer
@@ -149,10 +141,10 @@ def inject_latent(model: nn.Module, layers: list[Layer], *, rank: int, seed: int
         up = module.lora_B["default"]
         with torch.no_grad():
             down.weight.copy_(
-                orthonormal(rank, layer.in_features, module_generator(seed, layer.name, "sb_A"))
+                orthonormal(rank, layer.in_features, derive_generator(seed, "sb_A", layer.name))
             )
             up.weight.copy_(
-                orthonormal(layer.out_features, rank, module_generator(seed, layer.name, "sb_B"))
+                orthonormal(layer.out_features, rank, derive_generator(seed, "sb_B", layer.name))
             )
         module.lora_A["default"] = LatentDown(down, rank)
         out.append(

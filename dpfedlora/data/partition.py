@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .config import ConfigError, DataConfig
+from ..config import ConfigError, DataConfig
 
 __all__ = ["PARTITIONERS", "partition", "label_histogram"]
 

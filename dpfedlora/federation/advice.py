@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .config import Experiment
+from ..config import Experiment
 
 __all__ = ["shard_warnings", "MIN_EXPECTED_BATCH"]
 

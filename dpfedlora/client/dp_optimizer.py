@@ -13,9 +13,9 @@ import torch
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
-from .noise import NoiseSource
+from ..noise import NoiseSource
 
-__all__ = ["SourcedNoise", "SourcedDPOptimizer", "SourcedGhostDPOptimizer", "DP_OPTIMIZERS"]
+__all__ = ["SourcedNoise", "SourcedDPOptimizer", "SourcedGhostDPOptimizer"]
 
 
 class SourcedNoise:
@@ -42,7 +42,3 @@ class SourcedDPOptimizer(SourcedNoise, DPOptimizer):
 
 class SourcedGhostDPOptimizer(SourcedNoise, DPOptimizerFastGradientClipping):
     """Ghost clipping: the clipped sum arrives in ``p.grad`` from Opacus's second backward."""
-
-
-# ``privacy.grad_sample_mode`` -> optimizer class
-DP_OPTIMIZERS: dict[str, type] = {"hooks": SourcedDPOptimizer, "ghost": SourcedGhostDPOptimizer}

@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .config import ConfigError
+from ..config import ConfigError
 
 __all__ = ["converted_path", "CACHE_DIR"]
 

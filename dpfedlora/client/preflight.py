@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["PreflightError", "check_model", "check_moved"]
 

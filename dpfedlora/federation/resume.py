@@ -14,7 +14,7 @@ from typing import Any
 
 from accounting import Ledger
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["ResumeError", "ledger_pin", "check_ledger", "config_differences"]
 

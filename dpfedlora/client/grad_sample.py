@@ -1,0 +1,124 @@
+"""Per-sample gradient modes (``privacy.grad_sample_mode``) in a registry.
+
+A mode says how the shared model is wrapped for per-sample gradients, which DP optimizer clips
+and noises them, and how one logical DP step runs on a Poisson batch:
+
+* ``hooks`` (Opacus's ``GradSampleModule``): per-sample gradients materialised by hooks; the
+  batch may run in length-sorted physical chunks (``train.physical_batch_tokens``) whose clipped
+  gradients accumulate before the one noised step (as Opacus's ``BatchMemoryManager``).
+* ``ghost`` (Opacus's fast gradient clipping): per-sample norms without per-sample gradients, two
+  backward passes through Opacus's loss wrapper; less memory for wide layers.
+
+Non-private training uses the ``hooks`` step on the unwrapped model (a plain mean gradient).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import PrivacyConfig
+from ..data.tensors import TensorData
+from .dp_optimizer import SourcedDPOptimizer, SourcedGhostDPOptimizer
+
+__all__ = ["GradSampleMode", "GRAD_SAMPLE_MODES", "register_grad_sample_mode"]
+
+
+@dataclass(frozen=True)
+class GradSampleMode:
+    name: str
+    wrap: Callable[[nn.Module, PrivacyConfig], nn.Module]
+    optimizer_cls: type
+    # (trainer, optimizer, batch) -> mean training loss of the batch
+    step: Callable[[Any, torch.optim.Optimizer, TensorData], float]
+
+
+def _wrap_hooks(model: nn.Module, privacy: PrivacyConfig) -> nn.Module:
+    from opacus import GradSampleModule
+
+    return GradSampleModule(model, batch_first=True, loss_reduction="mean")
+
+
+def _wrap_ghost(model: nn.Module, privacy: PrivacyConfig) -> nn.Module:
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+    return GradSampleModuleFastGradientClipping(
+        model,
+        batch_first=True,
+        loss_reduction="mean",
+        max_grad_norm=privacy.clip_norm,
+        use_ghost_clipping=True,
+    )
+
+
+def _hooks_step(trainer, optimizer, batch: TensorData) -> float:
+    total = 0.0
+    chunks = batch.physical_batches(trainer.cfg.train.physical_batch_tokens)
+    for i, chunk in enumerate(chunks):
+        per_example = trainer.loss_fn(trainer.wrapped, chunk)
+        total += float(per_example.detach().sum())
+        # Private: Opacus rescales a chunk's mean loss by the chunk size, so every example's
+        # gradient is exact. Non-private: the chunks' gradients add up to the batch mean.
+        loss = per_example.mean() if trainer.private else per_example.sum() / len(batch)
+        with warnings.catch_warnings():
+            # Opacus's full backward hooks warn when no *input* requires grad; with frozen
+            # embeddings that is always the case and harmless (parameter grads are exact).
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            loss.backward()
+        if trainer.private and i < len(chunks) - 1:
+            # As Opacus's BatchMemoryManager: clip this chunk's per-sample gradients into the
+            # running sum, then free them; noise and the division by the expected batch size
+            # happen once, at the real step below.
+            optimizer.signal_skip_step(do_skip=True)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    optimizer.step()
+    return total / len(batch)
+
+
+class _PerExample:
+    """Adapter so Opacus's ghost-clipping loss wrapper receives per-example losses."""
+
+    def __init__(self, loss_fn: Callable[[nn.Module, TensorData], torch.Tensor]) -> None:
+        self.loss_fn = loss_fn
+        self.reduction = "mean"
+
+    def __call__(self, model: nn.Module, batch: TensorData) -> torch.Tensor:
+        losses = self.loss_fn(model, batch)
+        return losses if self.reduction == "none" else losses.mean()
+
+
+def _ghost_step(trainer, optimizer, batch: TensorData) -> float:
+    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+    # Ghost clipping needs per-example losses through Opacus's loss wrapper (it runs two
+    # backward passes); the wrapper switches our criterion to reduction="none".
+    batch = batch.trimmed()
+    dp_loss = DPLossFastGradientClipping(
+        trainer.wrapped, optimizer, _PerExample(trainer.loss_fn), "mean"
+    )
+    loss = dp_loss(trainer.wrapped, batch)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {}
+
+
+def register_grad_sample_mode(mode: GradSampleMode) -> GradSampleMode:
+    if mode.name in GRAD_SAMPLE_MODES:
+        raise ValueError(f"grad-sample mode {mode.name!r} is already registered.")
+    GRAD_SAMPLE_MODES[mode.name] = mode
+    return mode
+
+
+register_grad_sample_mode(GradSampleMode("hooks", _wrap_hooks, SourcedDPOptimizer, _hooks_step))
+register_grad_sample_mode(
+    GradSampleMode("ghost", _wrap_ghost, SourcedGhostDPOptimizer, _ghost_step)
+)

@@ -1,0 +1,200 @@
+"""The local DP-SGD trainer (Opacus) around the shared base model.
+
+One :class:`Trainer` per process holds the shared model and wraps it for per-sample gradients
+(:mod:`.grad_sample`) once per trainable set, never per client. Per client and round only cheap
+objects are rebuilt: which tensors require grad, the optimizer (the method's choice), and the DP
+optimizer around it. A client's state is its adapter tensors, loaded into the shared model.
+
+DP-SGD step (Abadi et al. 2016; Opacus): Poisson-sample a batch with rate q (each record
+independently, from the run's noise source), compute per-sample gradients of exactly the
+trainable tensors, clip each to L2 norm C jointly over those tensors, sum, add N(0, σ²C²) from the
+noise source, divide by the expected batch size, take an optimizer step (:meth:`Trainer.step`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ..config import Experiment
+from ..data.tensors import TensorData
+from ..methods.aggregation import Tensors
+from ..methods.base import ClientSpec, Method
+from ..noise import NoiseSource, make_noise_source
+from ..tasks import TASKS
+from .grad_sample import GRAD_SAMPLE_MODES
+from .preflight import PreflightError, check_model, check_moved
+
+__all__ = ["Trainer", "LocalResult", "Shard"]
+
+
+class Shard(Protocol):
+    """What local training needs of a client: its data and DP sampling settings."""
+
+    spec: ClientSpec
+    data: TensorData
+    sampling_rate: float
+    steps: int
+
+    @property
+    def expected_batch(self) -> float: ...
+
+
+@dataclass
+class LocalResult:
+    trained: Tensors
+    loss: float
+    steps: int
+    examples_seen: int
+    seconds: float
+
+
+class Trainer:
+    """The shared model, its per-sample-gradient wrapper, and the local training loop."""
+
+    def __init__(self, cfg: Experiment, method: Method, model: nn.Module):
+        self.cfg = cfg
+        self.method = method
+        self.model = model
+        self.private = cfg.privacy.private
+        self.loss_fn = TASKS[cfg.model.task].loss
+        # non-private training takes the hooks step on the unwrapped model
+        self.mode = GRAD_SAMPLE_MODES[cfg.privacy.grad_sample_mode if self.private else "hooks"]
+        self.params = dict(model.named_parameters())
+        union = sorted(set(method.trainable_names(1)) | set(method.trainable_names(2)))
+        if not union:
+            raise PreflightError(f"method {method.name!r} has no trainable tensors.")
+        for n in union:
+            self.params[n].requires_grad_(True)
+        check_model(model, union)
+        for n in union:
+            self.params[n].requires_grad_(False)
+        self.wrapped: nn.Module = model
+        self._hooked: frozenset[str] = frozenset()
+        self._checked_moved = False
+        # audits swap in DPOptimizer subclasses (signed noise, canary injection); hooks mode only
+        self.dp_optimizer_factory: Callable[..., torch.optim.Optimizer] | None = None
+        # audits observe every iterate (DP-SGD's guarantee covers releasing all of them)
+        self.step_hook: Callable[[], None] | None = None
+
+    def _ensure_hooks(self, names: list[str]) -> None:
+        """Per-sample-gradient hooks on exactly the modules that train now. Re-hooked only when
+        the trainable set changes (once per run for most methods, once per phase for RoLoRA),
+        never per client: a frozen module's backward hook would otherwise fire without captured
+        activations."""
+        if not self.private or frozenset(names) == self._hooked:
+            return
+        if self.wrapped is not self.model:
+            self.wrapped.remove_hooks()
+        self.wrapped = self.mode.wrap(self.model, self.cfg.privacy)
+        self._hooked = frozenset(names)
+
+    # ---------------------------------------------------------------- state transfer
+    def load(self, tensors: Tensors) -> None:
+        """Copy tensors into the shared model (never the model itself)."""
+        with torch.no_grad():
+            for name, value in tensors.items():
+                if name in self.params:
+                    self.params[name].copy_(value)
+
+    def snapshot(self, names: list[str]) -> Tensors:
+        return {n: self.params[n].detach().clone() for n in names}
+
+    def set_scaling(self, scaling: float) -> None:
+        for layer in self.method.layers:
+            module = self.model.get_submodule(layer.name)
+            if hasattr(module, "scaling"):
+                module.scaling["default"] = scaling
+
+    # ---------------------------------------------------------------- training
+    def train_local(
+        self, shard: Shard, round_idx: int, received: Tensors, *, noise_multiplier: float
+    ) -> LocalResult:
+        """``shard.steps`` DP-SGD steps from ``received`` on the method's trainable tensors."""
+        cfg, method = self.cfg, self.method
+        self.load(received)
+        self.set_scaling(method.scaling(shard.spec))
+        names = method.trainable_names(round_idx)
+        for n, p in self.params.items():
+            p.requires_grad_(n in names)
+        self._ensure_hooks(names)
+        params = [self.params[n] for n in names]
+        before = self.snapshot(names)
+        optimizer = method.make_optimizer(params, cfg.train)
+        cid, seed, secure = shard.spec.cid, cfg.seed, cfg.privacy.secure_mode
+        # Poisson membership is part of the mechanism: it comes from the same kind of source
+        sampler = make_noise_source(secure, seed, "poisson", round_idx, cid)
+        if self.private:
+            optimizer = self.dp_optimizer(
+                optimizer,
+                make_noise_source(secure, seed, "noise", round_idx, cid),
+                noise_multiplier=noise_multiplier,
+                expected_batch=shard.expected_batch,
+            )
+        self.model.train()
+        n = len(shard.data)
+        losses, seen, t0 = [], 0, time.perf_counter()
+        for _ in range(shard.steps):
+            idx = torch.nonzero(sampler.uniform(n) < shard.sampling_rate).flatten()
+            seen += int(idx.numel())
+            loss = self.step(optimizer, shard.data.subset(idx), params)
+            if loss is not None:
+                losses.append(loss)
+            method.after_step(self.params, shard.spec)
+            if self.step_hook is not None:
+                self.step_hook()
+            if self.private and not self._checked_moved and idx.numel() > 0:
+                check_moved(before, self.snapshot(names))
+                self._checked_moved = True
+        trained = self.snapshot(names)
+        for p in params:
+            p.requires_grad_(False)
+        return LocalResult(
+            trained=trained,
+            loss=float(sum(losses) / len(losses)) if losses else math.nan,
+            steps=shard.steps,
+            examples_seen=seen,
+            seconds=time.perf_counter() - t0,
+        )
+
+    def dp_optimizer(
+        self,
+        optimizer: torch.optim.Optimizer,
+        noise_source: NoiseSource,
+        *,
+        noise_multiplier: float,
+        expected_batch: float | None = None,
+    ):
+        """The mode's DP optimizer around ``optimizer``, noise from ``noise_source``."""
+        # The noised sum is divided by the *expected* batch size (not the realised one), as the
+        # Poisson-sampled Gaussian mechanism's analysis assumes.
+        kwargs = dict(
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=self.cfg.privacy.clip_norm,
+            expected_batch_size=expected_batch or self.cfg.train.batch_size,
+            loss_reduction="mean",
+            noise_source=noise_source,
+        )
+        if self.dp_optimizer_factory is not None:
+            return self.dp_optimizer_factory(optimizer, **kwargs)
+        return self.mode.optimizer_cls(optimizer, **kwargs)
+
+    def step(self, optimizer, batch: TensorData, params: list[nn.Parameter]) -> float | None:
+        """One (DP-)SGD step on a Poisson batch; an empty batch still gets the noise."""
+        optimizer.zero_grad(set_to_none=True)
+        if len(batch) > 0:
+            return self.mode.step(self, optimizer, batch)
+        if not self.private:
+            return None
+        for p in params:  # zero per-sample gradients: the step adds noise only
+            p.grad_sample = p.new_zeros((0, *p.shape))
+            p._norm_sample = p.new_zeros((0,))
+            p.grad = torch.zeros_like(p)  # ghost mode reads the clipped sum from .grad
+        optimizer.step()
+        return None

@@ -1,0 +1,357 @@
+"""The server: the round loop of DESIGN.md, readable on one screen (:meth:`Federation.run`).
+
+One round:
+  1 sample clients (seeded)
+  2 per client: Broadcast -> client: planned event -> its budget's ledger.spend (budget check
+    and write-ahead record) -> train -> Reply
+  3 the clients run in-process (:class:`LocalClients`), in other processes
+    (:mod:`.processes`) or anywhere else that takes a Broadcast and returns a Reply
+  4 method.aggregate(replies) -> new global state (faulty replies are left out; their spend
+    stays counted)
+  5 evaluate; log loss, metrics, max ε so far, bytes up/down
+  6 checkpoint the RunState atomically (the ledger is already durable)
+
+Every random draw comes from a generator derived from (seed, purpose, round, client), so a
+resumed run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from accounting import Ledger
+
+from ..client import Budget, Client
+from ..config import Experiment, to_dict
+from ..errors import UserError
+from ..evaluate import evaluate
+from ..interrupts import StopRequest
+from ..methods.aggregation import Tensors
+from ..methods.base import ClientSpec, aggregation_gap
+from ..noise import derive_generator
+from ..progress import progress_bar, round_line, write_line
+from ..wire import Broadcast, Reply
+from .planning import plan_noise
+from .resume import ResumeError, check_ledger, config_differences, ledger_pin
+from .rundir import RunDir, config_hash
+from .setup import Setup, build_setup
+from .state import RunState
+from .summary import write_summary
+
+__all__ = ["Federation", "LocalClients", "Clients", "RunError", "run"]
+
+
+class RunError(UserError, RuntimeError):
+    """The run cannot start or continue as asked."""
+
+
+class Clients(Protocol):
+    """Where clients run. ``mirrors``: the clients hold their own ledgers, so the server keeps
+    a mirror of the events named in their replies."""
+
+    mirrors: bool
+
+    def train(self, broadcast: Broadcast) -> Reply: ...
+
+    def close(self) -> None: ...
+
+
+class LocalClients:
+    """Clients in this process, sharing the run's ledger and the trainer."""
+
+    mirrors = False
+
+    def __init__(self, clients: list[Client]) -> None:
+        self.by_id = {c.spec.cid: c for c in clients}
+
+    def train(self, broadcast: Broadcast) -> Reply:
+        return self.by_id[broadcast.client].train(broadcast)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _Round:
+    """The replies of one round, sorted by what the server does with them."""
+
+    good: list[tuple[Reply, ClientSpec, Tensors]] = field(default_factory=list)  # (reply, view)
+    skipped: list[str] = field(default_factory=list)
+    faulty: list[dict[str, str]] = field(default_factory=list)
+    down: int = 0
+    interrupted: bool = False
+
+    @property
+    def up(self) -> int:
+        return sum(r.bytes_up for r, _, _ in self.good)
+
+
+class Federation:
+    """Builds everything a run needs (:func:`build_setup`); :meth:`run` executes the rounds."""
+
+    def __init__(
+        self,
+        cfg: Experiment,
+        out: str | Path,
+        *,
+        log: Callable[[str], None] = print,
+        clients: Clients | None = None,
+    ):
+        self.cfg = cfg
+        self.dir = RunDir(out)
+        self.log = log
+        self.setup: Setup = build_setup(cfg)
+        self.method = self.setup.method
+        self.clients = self.setup.clients
+        self.remote = clients or LocalClients(self.clients)
+        self.ledger: Ledger | None = None
+
+    def run(
+        self, *, resume: bool = False, progress: bool = True, until_round: int | None = None
+    ) -> dict[str, Any]:
+        """Run (or resume) the rounds; ``until_round`` stops early after that round, cleanly
+        checkpointed, so a later ``resume=True`` continues (time-sliced jobs, tests)."""
+        cfg, method = self.cfg, self.method
+        st = self._begin(resume)
+        last = cfg.server.rounds if until_round is None else min(until_round, cfg.server.rounds)
+        t_run = time.perf_counter()
+        with StopRequest() as stop:
+            bar = progress_bar(range(st.round + 1, last + 1), progress and st.running)
+            for rnd in bar if st.running else ():
+                t0 = time.perf_counter()
+                # 1) sample clients; 2-3) broadcast, each client spends, trains and replies
+                done = self._exchange(rnd, self.sample(rnd), st, stop)
+                st.faulty += [{"round": rnd, **f} for f in done.faulty]
+                if done.interrupted or stop.requested:
+                    st.stopped_reason = "interrupted"
+                    self._say_interrupted(rnd, stop.requested)
+                    break
+                if not done.good:
+                    st.stopped_reason = "all_clients_failed" if done.faulty else "budget_exhausted"
+                    self.log(f"round {rnd}: no client trained ({st.stopped_reason}); stopping.")
+                    break
+                # 4) aggregate the good replies
+                replies, specs, views = zip(*done.good)
+                payloads = [r.payload for r in replies]
+                weights = [method.weight(s) for s in specs]
+                state = method.aggregate(payloads, weights, st.state, specs, rnd)
+                # the exactness gap is measured (FedIT's is > 0 with non-IID data)
+                updates = [method.client_update(v, r.payload, s) for r, s, v in done.good]
+                gap = aggregation_gap(method, updates, specs, weights, state)
+                # 5) evaluate and log
+                row = self._round_row(rnd, done, state, gap, time.perf_counter() - t0)
+                st.advance(rnd, state, row)
+                self.dir.append_metrics(row)
+                write_line(bar, progress, self.log, round_line(row, cfg.server.rounds))
+                # 6) checkpoint, pinning the ledger it saw
+                st.save(self.dir, ledger_pin(self.ledger))
+        if st.running and st.round < cfg.server.rounds:
+            st.stopped_reason = "until_round"
+        self.remote.close()
+        return write_summary(
+            self.dir, cfg, self.setup, st, self.ledger, time.perf_counter() - t_run
+        )
+
+    # ------------------------------------------------------------------ start
+    def _begin(self, resume: bool) -> RunState:
+        """Checks, the run directory and ledger, σ, the method's set-up: the state to run."""
+        cfg, p = self.cfg, self.cfg.privacy
+        ckpt = self._load_resume(resume)
+        self.dir.create(cfg)
+        if p.diagnostics:
+            self._write_histogram()
+        self.ledger = Ledger(self.dir.ledger, accountant=p.accountant) if p.private else None
+        if self.remote.mirrors and self.method.init_event(p.private) is not None:
+            raise RunError(
+                f"method {cfg.method.name!r} is configured with a private, data-dependent "
+                "initialisation that reads every shard before round 1; that needs in-process "
+                "clients. Use a data-independent or public initialisation."
+            )
+        for c in self.clients:
+            c.budget = Budget(self.ledger, p.budget, p.delta) if self.ledger is not None else None
+        if ckpt is not None:
+            st = RunState.from_dict(ckpt)
+            self.dir.rewrite_metrics(st.history)
+            for row in st.history:  # show what was already done
+                self.log(round_line(row, cfg.server.rounds) + " (from checkpoint)")
+        else:
+            sigma = self.plan_noise()
+            self.method.prepare(self.setup)
+            st = RunState(0, self.method.init_state(), sigma, config_hash(cfg), to_dict(cfg))
+        self._announce(st.noise_multiplier)
+        return st
+
+    def plan_noise(self) -> float:
+        return plan_noise(
+            self.cfg.privacy,
+            rounds=self.cfg.server.rounds,
+            rates_and_steps=[(c.sampling_rate, c.steps) for c in self.clients],
+            init=self.method.init_event(self.cfg.privacy.private),
+        )
+
+    def _load_resume(self, resume: bool) -> dict[str, Any] | None:
+        """The checkpoint to continue from, after every check that protects the ledger."""
+        cfg = self.cfg
+        if not resume:
+            if self.dir.checkpoint.exists():
+                raise RunError(
+                    f"{self.dir.path} already holds a run. Pass --resume or another --out."
+                )
+            return None
+        ckpt = self.dir.load_checkpoint()
+        if ckpt is None:
+            return None
+        if ckpt["config_hash"] != config_hash(cfg):
+            diff = config_differences(ckpt.get("config", {}), to_dict(cfg))
+            raise RunError(
+                f"{self.dir.path} was started with a different config; cannot resume. "
+                f"Differing keys: {'; '.join(diff) or 'unknown (older checkpoint)'}."
+            )
+        try:
+            check_ledger(
+                ckpt,
+                self.dir.ledger,
+                accountant=cfg.privacy.accountant,
+                private=cfg.privacy.private,
+            )
+        except ResumeError as exc:
+            raise RunError(f"cannot resume {self.dir.path}: {exc}") from None
+        return ckpt
+
+    def _announce(self, sigma: float) -> None:
+        p, cfg = self.cfg.privacy, self.cfg
+        for line in self.setup.warnings:
+            self.log(f"warning: {line}")
+        if not p.private:
+            return
+        how = (
+            "given"
+            if p.noise_multiplier is not None
+            else f"calibrated to ε = {p.target_epsilon:g} over {cfg.server.rounds} rounds"
+        )
+        qs = [c.sampling_rate for c in self.clients]
+        self.log(
+            f"DP: σ = {sigma:.4f} ({how}), C = {p.clip_norm}, δ = {p.delta:g}, "
+            f"accountant {p.accountant}; q per client {min(qs):.3f}-{max(qs):.3f}"
+        )
+        if not p.secure_mode:
+            self.log(
+                f"noise: seeded from seed = {cfg.seed} (in config.yaml), so anyone holding the "
+                "config can reproduce and subtract it: a simulation, not a deployment. Set "
+                "privacy.secure_mode=true for noise from OS entropy."
+            )
+
+    # ------------------------------------------------------------------ one round
+    def sample(self, rnd: int) -> list[Client]:
+        """Step 1: the round's clients (all, or ``server.clients_per_round`` seeded)."""
+        k = self.cfg.server.clients_per_round
+        if k <= 0 or k >= len(self.clients):
+            return list(self.clients)
+        g = derive_generator(self.cfg.seed, "clients", rnd)
+        idx = torch.randperm(len(self.clients), generator=g)[:k].sort().values
+        return [self.clients[int(i)] for i in idx]
+
+    def _exchange(self, rnd: int, sampled: list[Client], st: RunState, stop) -> _Round:
+        """Steps 2-3: one Broadcast per sampled client, its Reply sorted."""
+        method, out = self.method, _Round()
+        for client in sampled:
+            if stop.requested:
+                out.interrupted = True
+                return out
+            spec = client.spec
+            view = method.client_view(st.state, spec, rnd)
+            reply = self.remote.train(Broadcast(rnd, spec.cid, view, st.noise_multiplier))
+            if self.remote.mirrors and reply.event is not None and self.ledger is not None:
+                self.ledger.record(spec.cid, rnd, "train", reply.event)
+            if reply.status == "skipped":
+                out.skipped.append(spec.cid)
+                m = reply.metrics
+                self.log(
+                    f"round {rnd}: client {spec.cid} skipped: this round would raise its ε from "
+                    f"{m['current_epsilon']:.4f} to {m['planned_epsilon']:.4f}, above the "
+                    f"budget {m['budget']:g}."
+                )
+            elif reply.status == "failed":
+                out.faulty.append({"cid": spec.cid, "error": reply.error})
+                self.log(
+                    f"round {rnd}: client {spec.cid} failed ({reply.error}); left out of the "
+                    "aggregate. Its recorded spend stays counted."
+                )
+            else:
+                out.good.append((reply, spec, view))
+                out.down += method.download_numel(st.state, spec, rnd) * 4
+        return out
+
+    def _round_row(self, rnd: int, done: _Round, state: Tensors, gap: float, seconds: float):
+        p = self.cfg.privacy
+        metrics = self.evaluate(state)
+        eps = self.ledger.epsilons(delta=p.delta) if self.ledger is not None else {}
+        losses = [r.metrics["loss"] for r, _, _ in done.good]
+        return {
+            "round": rnd,
+            "clients": len(done.good),
+            "skipped": done.skipped,
+            "faulty": [f["cid"] for f in done.faulty],
+            "train_loss": float(np.nanmean(losses)) if p.diagnostics and losses else math.nan,
+            **{f"eval_{k}": v for k, v in metrics.items()},
+            "max_epsilon": max(eps.values(), default=0.0) if p.private else math.inf,
+            "aggregation_gap": gap,
+            "bytes_up": done.up,
+            "bytes_down": done.down,
+            "seconds": seconds,
+        }
+
+    def evaluate(self, state: Tensors) -> dict[str, float]:
+        """The global model's held-out metrics (step 5)."""
+        trainer = self.setup.trainer
+        trainer.load(self.method.eval_view(state))
+        trainer.set_scaling(self.method.scaling(None))
+        return evaluate(
+            self.setup.model,
+            self.setup.eval_data,
+            task=self.cfg.model.task,
+            num_labels=self.cfg.model.num_labels,
+            label_token_ids=self.setup.label_token_ids(),
+        )
+
+    def _say_interrupted(self, rnd: int, signame: str | None) -> None:
+        self.log(
+            f"interrupted ({signame or 'stop requested'}) during round {rnd}: stopped before "
+            f"finishing it. `--resume` continues from round {rnd}. The spend recorded for round "
+            f"{rnd} stays counted: the ledger is written before a client touches its data, and "
+            "the interrupted clients may have computed noisy updates from it."
+        )
+
+    def _write_histogram(self) -> None:
+        from ..experiments.plots import plot_label_histogram
+
+        hist = self.setup.histogram
+        names = list(self.cfg.data.label_names) or [str(c) for c in range(hist.shape[1])]
+        (self.dir.path / "label_histogram.json").write_text(
+            json.dumps({"labels": names, "clients": hist.tolist()}) + "\n"
+        )
+        plot_label_histogram(hist, self.dir.plots, label_names=names)
+
+
+def run(
+    cfg: Experiment,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    until_round: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run a federation described by ``cfg`` into run directory ``out``; returns the summary."""
+    return Federation(cfg, out, log=log).run(
+        resume=resume, progress=progress, until_round=until_round
+    )

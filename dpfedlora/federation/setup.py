@@ -1,0 +1,131 @@
+"""Everything a run (or an audit, or an export) builds before round 1, from the config alone.
+
+The method and the shared model with its adapters; the data, split into the held-out set, an
+optional public share (the method's choice, removed from the private pool) and one shard per
+client; the frozen-prefix cache; the trainer; the clients with their Poisson rate and local
+steps. Seeded, so every process that builds it from the same config gets the same objects.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..client import Client, Trainer
+from ..config import ConfigError, Experiment
+from ..data.load import load_data
+from ..data.partition import label_histogram, partition
+from ..data.tensors import TensorData
+from ..methods import ClientSpec, Method, make_method
+from ..models.builders import BuiltModel, build_model
+from ..tasks import TASKS
+from .advice import shard_warnings
+
+__all__ = ["Setup", "build_setup", "client_rate"]
+
+
+@dataclass
+class Setup:
+    cfg: Experiment
+    method: Method
+    built: BuiltModel
+    model: nn.Module
+    trainer: Trainer
+    clients: list[Client]
+    eval_data: TensorData
+    public: TensorData | None
+    histogram: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+    prefix_layers: int = 0
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.built.tokenizer
+
+    def label_token_ids(self) -> list[int] | None:
+        task = TASKS[self.cfg.model.task]
+        return task.label_token_ids(self.tokenizer, self.cfg.data.label_names)
+
+
+def client_rate(cfg: Experiment, index: int, n: int) -> float:
+    """Client ``index``'s Poisson rate q (one ``train.sampling_rate``, or batch / shard size),
+    after refusing a shard too small for it."""
+    q = cfg.train.sampling_rate
+    if q > 0:
+        if q * n < 1:
+            raise ConfigError(
+                f"client {index} has {n} examples: an expected batch of q·n = {q * n:.2f} is "
+                "below 1. Raise `train.sampling_rate`, use fewer clients, or a larger Dirichlet "
+                "alpha."
+            )
+        return q
+    if n < cfg.train.batch_size:
+        raise ConfigError(
+            f"client {index} has {n} examples, fewer than `train.batch_size` = "
+            f"{cfg.train.batch_size}. Use fewer clients, a larger Dirichlet alpha, a smaller "
+            "batch size, or `train.sampling_rate`."
+        )
+    return cfg.train.batch_size / n
+
+
+def _split_public(cfg: Experiment, method: Method, train: TensorData):
+    """(public, private pool): the method's public share never is also a client's record."""
+    fraction = method.public_fraction()
+    if fraction <= 0:
+        return None, train
+    perm = np.random.default_rng(cfg.seed + 7919).permutation(len(train))
+    k = max(1, int(fraction * len(train)))
+    return train.subset(perm[:k]), train.subset(np.sort(perm[k:]))
+
+
+def _clients(cfg: Experiment, method: Method, train: TensorData, shards) -> list[Client]:
+    sizes = [len(s) for s in shards]
+    clients = []
+    for i, idx in enumerate(shards):
+        q = client_rate(cfg, i, len(idx))
+        t = cfg.train
+        steps = math.ceil(t.local_epochs / q) if t.local_epochs > 0 else t.local_steps
+        spec = ClientSpec(str(i), i, len(idx), method.client_rank(i, len(idx), sizes))
+        clients.append(Client(spec, train.subset(idx), q, steps))
+    return clients
+
+
+def _install_prefix_cache(setup: Setup) -> None:
+    from ..models.prefix_cache import CachedPrefix, install_prefix_cache
+
+    m = setup.method
+    may_train = set(m.trainable_names(1)) | set(m.trainable_names(2))
+    setup.prefix_layers = install_prefix_cache(setup.model, may_train, setup.built.pad_token_id)
+    if setup.prefix_layers:
+        prefix = next(x for x in setup.model.modules() if isinstance(x, CachedPrefix))
+        sets = [c.data for c in setup.clients] + [setup.eval_data]
+        if setup.public is not None:
+            sets.append(setup.public)
+        prefix.precompute(d.input_ids for d in sets)
+
+
+def build_setup(cfg: Experiment) -> Setup:
+    method = make_method(cfg.method, seed=cfg.seed)
+    built = build_model(cfg.model, seed=cfg.seed)
+    train, eval_data = load_data(cfg.data, cfg.model, seed=cfg.seed, tokenizer=built.tokenizer)
+    public, train = _split_public(cfg, method, train)
+    shards = partition(train.class_labels, cfg.data, seed=cfg.seed, groups=train.groups)
+    labels = train.class_labels
+    histogram = label_histogram(labels, shards, max(cfg.model.num_labels, int(labels.max()) + 1))
+    clients = _clients(cfg, method, train, shards)
+    left_out = len(train) - sum(map(len, shards)) if cfg.data.partition.kind == "by_column" else 0
+    warnings = shard_warnings(
+        cfg, [len(s) for s in shards], [c.sampling_rate for c in clients], left_out
+    )
+    model = method.setup(built, train_head=cfg.model.train_head)
+    setup = Setup(cfg, method, built, model, None, clients, eval_data, public, histogram, warnings)  # type: ignore[arg-type]
+    if cfg.model.cache_frozen_prefix and TASKS[cfg.model.task].prefix_cacheable:
+        _install_prefix_cache(setup)
+    setup.trainer = Trainer(cfg, method, model)
+    for c in clients:
+        c.trainer = setup.trainer
+    return setup

@@ -1,0 +1,26 @@
+"""Models: builders (:mod:`.builders`), adapters (:mod:`.adapters`, peft), the frozen-prefix
+cache (:mod:`.prefix_cache`) and built-in pretrained weights (:mod:`.smollm2`).
+
+Names load on first use (PEP 562), so importing one submodule never imports the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "BuiltModel": "dpfedlora.models.builders",
+    "build_model": "dpfedlora.models.builders",
+    "register_model": "dpfedlora.models.builders",
+    "MODEL_BUILDERS": "dpfedlora.models.builders",
+    "Layer": "dpfedlora.models.adapters",
+    "inject_lora": "dpfedlora.models.adapters",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'dpfedlora.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

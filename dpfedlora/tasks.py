@@ -1,0 +1,189 @@
+"""Tasks in a registry: per task its loss, tokenisation, predictions, metrics and model class.
+
+Every ``model.task`` choice is made here, once; the rest of the toolkit asks ``TASKS[name]``.
+
+* ``classification``: text -> class id; per-example cross-entropy; accuracy, balanced accuracy,
+  macro-F1 and the majority baseline; a sequence-classification model with a trained head.
+* ``causal_lm``: prompt + response; the loss is each example's mean over its response tokens
+  (every example is one DP unit whatever its length; HF's built-in loss averages over all tokens
+  of the batch instead); loss and perplexity, and with ``data.label_names`` the accuracy of the
+  label word the model ranks first where the answer starts (constrained greedy generation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import DataConfig, ModelConfig
+from .data.rows import Rows, class_ids, column
+from .data.tensors import TensorData
+from .metrics import classification_metrics
+
+__all__ = ["Task", "TASKS", "register_task", "task_of"]
+
+Loss = Callable[[nn.Module, TensorData], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    loss: Loss  # per-example losses, shape [B]; the training loss is their mean
+    tokenize: Callable[[Rows, DataConfig, ModelConfig, Any], TensorData]
+    synthetic: Callable[[torch.Tensor, torch.Tensor, np.ndarray], TensorData]
+    columns: Callable[[DataConfig], list[tuple[str, str]]]  # (config key, column) it reads
+    predict: Callable[[torch.Tensor, TensorData, list[int] | None], torch.Tensor | None]
+    metrics: Callable[[float, np.ndarray | None, TensorData, int, list[int] | None], dict]
+    auto_class: str  # transformers Auto class for pretrained weights
+    tiny_llama_class: str  # the class builtin:tiny-llama is built as
+    has_head: bool  # a classification head (trained and sent with model.train_head)
+    needs_decoder: bool  # an encoder-only architecture cannot train it
+    labels_are_classes: bool  # batch.labels are class ids (input canaries need that)
+    prefix_cacheable: bool  # the frozen-prefix cache supports its models
+
+    def label_token_ids(self, tokenizer: Any, names: tuple[str, ...]) -> list[int] | None:
+        """First token of each label word, for label-word accuracy (causal LM only)."""
+        if self.has_head or not names or tokenizer is None:
+            return None
+        return [tokenizer(f" {w}", add_special_tokens=False)["input_ids"][0] for w in names]
+
+
+# ------------------------------------------------------------------------- classification
+def _classification_loss(model: nn.Module, batch: TensorData) -> torch.Tensor:
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return nn.functional.cross_entropy(logits, batch.labels, reduction="none")
+
+
+def _classification_tokenize(rows: Rows, cfg: DataConfig, model: ModelConfig, tok) -> TensorData:
+    texts = [str(t) for t in column(rows, cfg.text_column, "text_column")]
+    enc = tok(
+        texts, padding="max_length", truncation=True, max_length=model.max_length,
+        return_tensors="pt",
+    )  # fmt: skip
+    classes = class_ids(rows, cfg, model.num_labels)
+    return TensorData(
+        enc["input_ids"], enc["attention_mask"], torch.from_numpy(classes), None, classes
+    )
+
+
+def _classification_metrics(loss, pred, data, num_labels, label_token_ids) -> dict:
+    return {"loss": loss, **classification_metrics(pred, data.labels.numpy(), num_labels)}
+
+
+# ------------------------------------------------------------------------------ causal LM
+def _causal_lm_loss(model: nn.Module, batch: TensorData) -> torch.Tensor:
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logits, targets = logits[:, :-1], batch.labels[:, 1:]
+    mask = (targets != -100).float()
+    tok = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.clamp(min=0).reshape(-1), reduction="none"
+    ).view_as(mask)
+    return (tok * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def _causal_lm_tokenize(rows: Rows, cfg: DataConfig, model: ModelConfig, tok) -> TensorData:
+    """Prompt + response, with the loss on the response tokens only (labels -100 elsewhere)."""
+    prompts = [str(t) for t in column(rows, cfg.prompt_column, "prompt_column")]
+    responses = [str(t) for t in column(rows, cfg.response_column, "response_column")]
+    n = len(prompts)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.full((n, model.max_length), pad, dtype=torch.long)
+    mask = torch.zeros((n, model.max_length), dtype=torch.long)
+    labels = torch.full((n, model.max_length), -100, dtype=torch.long)
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        p_ids = tok(p, add_special_tokens=True)["input_ids"]
+        r_ids = tok(r, add_special_tokens=False)["input_ids"] + eos
+        seq = (p_ids + r_ids)[: model.max_length]
+        L = len(seq)
+        ids[i, :L] = torch.tensor(seq)
+        mask[i, :L] = 1
+        start = min(len(p_ids), L)
+        labels[i, start:L] = ids[i, start:L]
+    classes = class_ids(rows, cfg, 10**9) if cfg.label_column in rows and cfg.label_names else None
+    return TensorData(ids, mask, labels, None, classes)
+
+
+def _causal_lm_synthetic(ids: torch.Tensor, mask: torch.Tensor, classes) -> TensorData:
+    lm = ids.clone()
+    lm[mask == 0] = -100
+    return TensorData(ids, mask, lm, None, classes)
+
+
+def _label_word_predictions(logits, batch: TensorData, ids: list[int] | None):
+    """Class whose label word's first token is most likely where the answer starts."""
+    if not ids:
+        return None
+    first = (batch.labels != -100).int().argmax(1)  # first response position
+    at = logits[torch.arange(len(batch)), (first - 1).clamp(min=0)]
+    return at[:, ids].argmax(-1)
+
+
+def _causal_lm_metrics(loss, pred, data, num_labels, label_token_ids) -> dict:
+    out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    if pred is not None and data.classes is not None:
+        words = classification_metrics(pred, data.classes, len(label_token_ids))
+        out.update({f"label_word_{k}": v for k, v in words.items()})
+    return out
+
+
+# ------------------------------------------------------------------------------ registry
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task, *, force: bool = False) -> Task:
+    if task.name in TASKS and not force:
+        raise ValueError(f"task {task.name!r} is already registered. Pass force=True to replace.")
+    TASKS[task.name] = task
+    return task
+
+
+register_task(
+    Task(
+        name="classification",
+        loss=_classification_loss,
+        tokenize=_classification_tokenize,
+        synthetic=lambda ids, mask, classes: TensorData(
+            ids, mask, torch.from_numpy(classes), None, classes
+        ),
+        columns=lambda d: [("text_column", d.text_column), ("label_column", d.label_column)],
+        predict=lambda logits, batch, ids: logits.argmax(-1),
+        metrics=_classification_metrics,
+        auto_class="AutoModelForSequenceClassification",
+        tiny_llama_class="LlamaForSequenceClassification",
+        has_head=True,
+        needs_decoder=False,
+        labels_are_classes=True,
+        prefix_cacheable=True,
+    )
+)
+register_task(
+    Task(
+        name="causal_lm",
+        loss=_causal_lm_loss,
+        tokenize=_causal_lm_tokenize,
+        synthetic=_causal_lm_synthetic,
+        columns=lambda d: [
+            ("prompt_column", d.prompt_column),
+            ("response_column", d.response_column),
+        ],
+        predict=_label_word_predictions,
+        metrics=_causal_lm_metrics,
+        auto_class="AutoModelForCausalLM",
+        tiny_llama_class="LlamaForCausalLM",
+        has_head=False,
+        needs_decoder=True,
+        labels_are_classes=False,
+        prefix_cacheable=False,
+    )
+)
+
+
+def task_of(model: ModelConfig) -> Task:
+    return TASKS[model.task]
