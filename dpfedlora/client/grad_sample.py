@@ -36,6 +36,8 @@ class GradSampleMode:
     optimizer_cls: type
     # (trainer, optimizer, batch) -> mean training loss of the batch
     step: Callable[[Any, torch.optim.Optimizer, TensorData], float]
+    # the audits instrument the DP optimizer's per-sample gradients (canaries, signed noise)
+    auditable: bool = False
 
 
 def _wrap_hooks(model: nn.Module, privacy: PrivacyConfig) -> nn.Module:
@@ -118,7 +120,9 @@ def register_grad_sample_mode(mode: GradSampleMode) -> GradSampleMode:
     return mode
 
 
-register_grad_sample_mode(GradSampleMode("hooks", _wrap_hooks, SourcedDPOptimizer, _hooks_step))
+register_grad_sample_mode(
+    GradSampleMode("hooks", _wrap_hooks, SourcedDPOptimizer, _hooks_step, auditable=True)
+)
 register_grad_sample_mode(
     GradSampleMode("ghost", _wrap_ghost, SourcedGhostDPOptimizer, _ghost_step)
 )

@@ -32,8 +32,20 @@ def test_run_cli_json_summary(tmp_path):
     summary = json.loads(out.stdout)  # stdout is exactly one JSON document
     assert summary["method"] == "fedsb" and summary["rounds_completed"] == 2
     assert summary["max_epsilon"] <= 3.0
-    for name in ("config.yaml", "metrics.jsonl", "ledger.jsonl", "summary.json", "checkpoint"):
-        assert (tmp_path / "r" / name).exists()
+    # the run directory holds what it claims: the resolved config, the ledger the ε came from
+    from accounting import Ledger
+    from dpfedlora.config import load_config
+    from dpfedlora.federation.rundir import config_hash
+
+    saved = load_config(tmp_path / "r" / "config.yaml")
+    assert saved.method.name == "fedsb" and saved.train.local_steps == 2
+    import torch
+
+    ckpt = torch.load(tmp_path / "r" / "checkpoint" / "state.pt", weights_only=False)
+    assert ckpt["config_hash"] == config_hash(saved) and ckpt["round"] == 2
+    ledger = Ledger(tmp_path / "r" / "ledger.jsonl", accountant="prv")
+    assert len(ledger) == 4 * 2
+    assert ledger.max_epsilon(delta=summary["delta"]) == summary["max_epsilon"]
     rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
     # the human lines went to stderr

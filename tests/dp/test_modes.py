@@ -60,14 +60,49 @@ def test_physical_batches_equal_one_batch(tmp_path, private):
         torch.testing.assert_close(split[n], whole[n], atol=1e-7, rtol=1e-5)
 
 
-def test_galore_projects_and_keeps_low_rank_state():
-    w = torch.nn.Parameter(torch.randn(16, 32))
-    v = torch.nn.Parameter(torch.randn(5))
-    opt = GaLoreAdamW([w, v], lr=0.1, rank=3, update_proj_gap=2)
-    for _ in range(3):
-        w.grad, v.grad = torch.randn(16, 32), torch.randn(5)
-        opt.step()
-    state = opt.state[w]
-    assert state["projector"].shape == (16, 3)  # left vectors since 16 <= 32
-    assert state["exp_avg"].shape == (3, 32)  # moments live in the projected space
-    assert "projector" not in opt.state[v] and opt.state[v]["exp_avg"].shape == (5,)
+def test_galore_under_dp_updates_inside_the_projected_subspace():
+    """Direct weight averaging with GaLore (rank 2, projector refreshed every step) behind
+    Opacus's DP optimizer: each 2-D update lies in the span of the rank-2 projector, which is
+    the top-2 left singular space of the *noised* gradient (post-processing), and Adam's moments
+    are 2 x n. ``galore-torch`` is not used: its package imports its 8-bit optimizer, which
+    needs bitsandbytes, and it projects only param groups that carry a ``rank`` key."""
+    fed = tiny_setup(
+        "method.name=full",
+        "method.local_optimizer=galore",
+        "method.galore_rank=2",
+        "method.galore_update_proj_gap=1",
+        "privacy.noise_multiplier=1.0",
+    )
+    trainer, m = fed.trainer, fed.method
+    names = m.trainable_names(1)
+    for n, p in trainer.params.items():
+        p.requires_grad_(n in names)
+    trainer._ensure_hooks(names)
+    params = [trainer.params[n] for n in names]
+    opt = trainer.dp_optimizer(
+        m.make_optimizer(params, fed.cfg.train), SeededNoise(0, "galore"), noise_multiplier=1.0
+    )
+    assert isinstance(opt.original_optimizer, GaLoreAdamW)
+    batch = fed.clients[0].data.subset(torch.arange(16))
+    for step in range(2):
+        before = {n: trainer.params[n].detach().clone() for n in names}
+        trainer.step(opt, batch, params)
+        checked = 0
+        for n in names:
+            p, delta = trainer.params[n], trainer.params[n].detach() - before[n]
+            state = opt.original_optimizer.state[p]
+            if p.dim() != 2 or min(p.shape) <= 2:
+                assert "projector" not in state and state["exp_avg"].shape == p.shape
+                continue
+            proj = state["projector"]
+            assert proj.shape == (p.shape[0], 2) and state["exp_avg"].shape == (2, p.shape[1])
+            # the update has no component outside span(P) ...
+            outside = delta - proj @ (proj.T @ delta)
+            assert float(outside.norm()) < 1e-5 * max(float(delta.norm()), 1e-12), n
+            assert float(delta.norm()) > 0, n
+            # ... and P spans the top-2 left singular vectors of the noised gradient it saw
+            u = torch.linalg.svd(p.grad.double(), full_matrices=False)[0][:, :2]
+            cos = torch.linalg.svdvals(proj.double().T @ u)
+            torch.testing.assert_close(cos, torch.ones(2, dtype=torch.float64), atol=1e-4, rtol=0)
+            checked += 1
+        assert checked >= 4, step  # query and value of both layers
