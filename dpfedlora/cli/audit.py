@@ -80,7 +80,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--guesses",
         type=int,
         default=0,
-        help="guesses r (the r highest scores; with --guess-side both, half top and half bottom); default m / 10",
+        help="guesses r (the r highest scores; with --guess-side both, half top and half "
+        "bottom); default m / 10",
     )
     q.add_argument("--canary-kind", choices=["gradient", "input"], default="gradient")
     q.add_argument(

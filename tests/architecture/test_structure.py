@@ -114,7 +114,7 @@ def test_config_never_imports_methods_torch_or_training_code():
 
 
 def _functions():
-    for name, (path, tree) in _sources().items():
+    for name, (_path, tree) in _sources().items():
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 yield name, node
