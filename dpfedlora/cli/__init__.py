@@ -26,6 +26,8 @@ VERBS: dict[str, str] = {
     "audit": "dpfedlora.cli.audit",
     "sweep": "dpfedlora.cli.sweep",
     "report": "dpfedlora.cli.sweep",
+    "export": "dpfedlora.cli.export",
+    "evaluate": "dpfedlora.cli.export",
 }
 
 

@@ -174,3 +174,16 @@ def test_method_specific_config_keys_are_read_only_by_the_methods():
         if pattern.search(line)
     ]
     assert not hits, hits
+
+
+def test_every_registry_holds_exactly_the_choices_the_config_validates():
+    from dpfedlora.client.grad_sample import GRAD_SAMPLE_MODES
+    from dpfedlora.config import schema
+    from dpfedlora.data.partition import PARTITIONERS
+    from dpfedlora.methods.optimizers import OPTIMIZERS
+    from dpfedlora.tasks import TASKS
+
+    assert sorted(TASKS) == sorted(schema.TASK_NAMES)
+    assert sorted(GRAD_SAMPLE_MODES) == sorted(schema.GRAD_SAMPLE_MODES)
+    assert sorted(PARTITIONERS) == sorted(schema.PARTITION_KINDS)
+    assert sorted(OPTIMIZERS) == sorted(schema.OPTIMIZERS)
