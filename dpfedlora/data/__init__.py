@@ -6,8 +6,7 @@ Names load on first use (PEP 562), so importing one submodule never imports the 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_attributes
 
 _LAZY = {
     "TensorData": "dpfedlora.data.tensors",
@@ -19,8 +18,4 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'dpfedlora.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name]), name)
+__getattr__, __dir__ = lazy_attributes("dpfedlora.data", _LAZY)

@@ -1,0 +1,2 @@
+"""Experiments over many runs: sweeps (:mod:`.sweep`), their report (:mod:`.report`) and plots
+(:mod:`.plots`)."""
