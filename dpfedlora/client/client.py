@@ -61,6 +61,9 @@ class Client:
 
     def train(self, broadcast: Broadcast) -> Reply:
         rnd, cid = broadcast.round, self.spec.cid
+        if self.trainer.private and self.budget is None:
+            # every use of private data is recorded first: no ledger, no training
+            raise RuntimeError(f"client {cid} trains privately but holds no budget (ledger).")
         event = None
         if self.budget is not None:
             event = self.planned_event(broadcast.noise_multiplier)

@@ -165,17 +165,17 @@ class Federation:
     def _begin(self, resume: bool) -> RunState:
         """Checks, the run directory and ledger, σ, the method's set-up: the state to run."""
         cfg, p = self.cfg, self.cfg.privacy
-        ckpt = self._load_resume(resume)
-        self.dir.create(cfg)
-        if p.diagnostics:
-            self._write_histogram()
-        self.ledger = Ledger(self.dir.ledger, accountant=p.accountant) if p.private else None
         if self.remote.mirrors and self.method.init_event(p.private) is not None:
             raise RunError(
                 f"method {cfg.method.name!r} is configured with a private, data-dependent "
                 "initialisation that reads every shard before round 1; that needs in-process "
                 "clients. Use a data-independent or public initialisation."
             )
+        ckpt = self._load_resume(resume)
+        self.dir.create(cfg)
+        if p.diagnostics:
+            self._write_histogram()
+        self.ledger = Ledger(self.dir.ledger, accountant=p.accountant) if p.private else None
         for c in self.clients:
             c.budget = Budget(self.ledger, p.budget, p.delta) if self.ledger is not None else None
         if ckpt is not None:

@@ -42,3 +42,42 @@ def test_process_per_client_run_equals_the_in_process_run(tmp_path):
         ra.pop("seconds"), rb.pop("seconds")
         assert ra == rb
     assert summary["final"] == local["final"] and summary["max_epsilon"] == local["max_epsilon"]
+
+
+def test_a_private_client_without_a_budget_refuses_to_train():
+    from dpfedlora.wire import Broadcast
+    from tests.helpers import tiny_setup
+
+    setup = tiny_setup("privacy.accountant=rdp")
+    client = setup.clients[0]
+    view = setup.method.client_view(setup.method.init_state(), client.spec, 1)
+    before = {n: p.detach().clone() for n, p in setup.model.named_parameters()}
+    try:
+        client.train(Broadcast(1, client.spec.cid, view, 1.0))
+    except RuntimeError as exc:
+        assert "no budget" in str(exc)
+    else:  # pragma: no cover - the refusal is the point
+        raise AssertionError("a private client trained without recording its release")
+    after = dict(setup.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_remote_clients_refuse_a_private_init_before_anything_is_written(tmp_path):
+    import pytest
+
+    from dpfedlora.federation import RunError
+
+    class Mirrors:
+        mirrors = True
+
+        def train(self, broadcast):  # pragma: no cover - never reached
+            raise AssertionError
+
+        def close(self):
+            pass
+
+    cfg = tiny_cfg("method.name=fedsb", "method.init=private")
+    fed = Federation(cfg, tmp_path / "r", clients=Mirrors(), log=_quiet)
+    with pytest.raises(RunError, match="in-process clients"):
+        fed.run(progress=False)
+    assert not (tmp_path / "r").exists()
