@@ -7,6 +7,9 @@ own budget before it touches its shard. The server sees only replies and keeps a
 events they name. This is the seam the Flower deployment and the GPU path plug into; for a
 simulation it is slower than :class:`~dpfedlora.federation.server.LocalClients` (every worker
 builds the model and the data) and exists to prove that nothing but the messages is shared.
+
+Workers are spawned, so a script that creates ``ProcessClients`` must guard its entry point
+with ``if __name__ == "__main__":`` (each worker imports the main module afresh).
 """
 
 from __future__ import annotations
