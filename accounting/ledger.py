@@ -30,7 +30,8 @@ from typing import Any
 
 from .accountant import check_delta
 from .backends import make_accountant
-from .events import Composed, Event, EventFormatError, event_from_json, event_to_json
+from .events import Event, EventFormatError, event_from_json, event_to_json, flatten
+from .history import History, best_bound, extend, rdp_epsilon
 
 __all__ = [
     "fsync_directory",
@@ -156,7 +157,8 @@ class Ledger:
         self.records: list[Record] = []
         self.truncated_line: int | None = None  # 1-based line number of an unrepaired fragment
         self._n_lines = 0
-        self._cache: dict[tuple[str, int, float], float] = {}
+        # per client: its history (merged (q, σ) blocks), so nothing rescans the records
+        self._history: dict[str, History] = {}
         # backends that actually answered (a PRV failure falls back to PLD, recorded here)
         self.answered_by: set[str] = set()
         if self.path.exists():
@@ -201,7 +203,7 @@ class Ledger:
                     "last line can be recovered; restore the file from a backup."
                 )
             try:
-                self.records.append(Record.from_json(data))
+                self._index(Record.from_json(data))
             except LedgerError as exc:
                 raise LedgerError(f"{self.path}: line {i}: {exc}") from None
         if pending_fragment is not None:
@@ -218,54 +220,82 @@ class Ledger:
     def __len__(self) -> int:
         return len(self.records)
 
+    def _index(self, record: Record) -> None:
+        self.records.append(record)
+        self._history[record.client] = extend(
+            self._history.get(record.client, ()), flatten(record.event)
+        )
+
     @property
     def clients(self) -> list[str]:
-        return sorted({r.client for r in self.records}, key=_client_sort_key)
+        return sorted(self._history, key=_client_sort_key)
 
     def events(self, client: str) -> list[Event]:
         return [r.event for r in self.records if r.client == client]
 
+    def history(self, client: str) -> History:
+        """The client's releases as merged (q, σ, steps) blocks (what ε depends on)."""
+        return self._history.get(str(client), ())
+
     # ---------------------------------------------------------------- accounting
-    def _epsilon_of(self, events: list[Event], delta: float) -> float:
-        if not events:
+    # Every ε reported is the smaller of two valid upper bounds (the configured backend's and
+    # RDP's), memoised by history, so clients with the same history cost one computation.
+    def _bound(self, history: History, delta: float) -> float:
+        if not history:
             return 0.0
-        acc = make_accountant(self.accountant).compose(Composed(tuple(events)))
-        eps = acc.epsilon(delta)
-        self.answered_by.add(acc.answered_by)
-        return eps
+        bound = best_bound(history, delta, self.accountant)
+        self.answered_by.add(bound.backend)
+        return bound.epsilon
 
     def epsilon(self, client: str, *, delta: float) -> float:
         """ε upper bound spent by ``client`` so far, at ``delta``."""
-        check_delta(delta)
-        events = self.events(client)
-        key = (client, len(events), delta)
-        if key not in self._cache:
-            self._cache[key] = self._epsilon_of(events, delta)
-        return self._cache[key]
+        return self._bound(self.history(client), check_delta(delta))
 
     def epsilons(self, *, delta: float) -> dict[str, float]:
-        return {c: self.epsilon(c, delta=delta) for c in self.clients}
+        check_delta(delta)
+        return {c: self._bound(h, delta) for c, h in sorted(
+            self._history.items(), key=lambda kv: _client_sort_key(kv[0]))}  # fmt: skip
 
     def max_epsilon(self, *, delta: float) -> float:
-        return max(self.epsilons(delta=delta).values(), default=0.0)
+        """max over clients of their ε, computing the tight bound for as few distinct
+        histories as possible: in decreasing order of their RDP bound, stopping once the next
+        RDP bound (which caps that history's ε) is no larger than the maximum found."""
+        check_delta(delta)
+        ranked = sorted(
+            ((rdp_epsilon(h, delta), h) for h in set(self._history.values())), reverse=True
+        )
+        best = 0.0
+        for rdp, h in ranked:
+            if rdp <= best:
+                break
+            best = max(best, self._bound(h, delta))
+        return best
 
     def check(self, client: str, planned: Event, *, budget: float, delta: float) -> float:
-        """ε the client would have after ``planned``; raises if that exceeds ``budget``.
+        """An upper bound on the client's ε after ``planned``; raises if it exceeds ``budget``.
+
+        Admits at once when the RDP bound after the release is within budget (a valid upper
+        bound: the release provably stays within budget); asks the tight backend only when RDP
+        says the release might cross.
 
         Raises:
             BudgetExceededError: naming the client, current ε, planned ε and budget.
         """
-        current = self.epsilon(client, delta=delta)
-        after = self._epsilon_of(self.events(client) + [planned], delta)
-        if after > budget:
+        check_delta(delta)
+        after = extend(self.history(client), flatten(planned))
+        fast = rdp_epsilon(after, delta)
+        if fast <= budget:
+            return fast
+        planned_eps = self._bound(after, delta)
+        if planned_eps > budget:
             raise BudgetExceededError(
                 client=client,
-                current_epsilon=current,
-                planned_epsilon=after,
+                current_epsilon=self.epsilon(client, delta=delta),
+                planned_epsilon=planned_eps,
                 budget=budget,
                 delta=delta,
             )
-        return after
+        return planned_eps
 
     # ---------------------------------------------------------------- writing
     def append(self, record: Record) -> None:
@@ -288,7 +318,7 @@ class Ledger:
             self._n_lines += 1
             self.truncated_line = None
         self._n_lines += 1
-        self.records.append(record)
+        self._index(record)
 
     def record(self, client: str, round: int, scope: str, event: Event) -> Record:
         rec = Record(client=str(client), round=round, scope=scope, event=event)
@@ -302,8 +332,6 @@ class Ledger:
         client = str(client)
         after = self.check(client, event, budget=budget, delta=delta)
         self.record(client, round, scope, event)
-        # the check already composed exactly these events: reuse it for later replays
-        self._cache[(client, len(self.events(client)), delta)] = after
         return after
 
 

@@ -294,7 +294,7 @@ class Federation:
     def _round_row(self, rnd: int, done: _Round, state: Tensors, gap: float, seconds: float):
         p = self.cfg.privacy
         metrics = self.evaluate(state)
-        eps = self.ledger.epsilons(delta=p.delta) if self.ledger is not None else {}
+        max_eps = self.ledger.max_epsilon(delta=p.delta) if self.ledger is not None else 0.0
         losses = [r.metrics["loss"] for r, _, _ in done.good]
         return {
             "round": rnd,
@@ -303,7 +303,7 @@ class Federation:
             "faulty": [f["cid"] for f in done.faulty],
             "train_loss": float(np.nanmean(losses)) if p.diagnostics and losses else math.nan,
             **{f"eval_{k}": v for k, v in metrics.items()},
-            "max_epsilon": max(eps.values(), default=0.0) if p.private else math.inf,
+            "max_epsilon": max_eps if p.private else math.inf,
             "aggregation_gap": gap,
             "bytes_up": done.up,
             "bytes_down": done.down,
