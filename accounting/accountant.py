@@ -14,7 +14,11 @@ from typing import ClassVar
 
 from .events import Component, Event, flatten
 
-__all__ = ["Accountant", "check_delta", "check_epsilon"]
+__all__ = ["Accountant", "check_delta", "check_epsilon", "LARGE_EPSILON"]
+
+# Above this RDP bound a tight backend's work grows without useful limit (prv-accountant's
+# domain, a PLD's support), and no one needs the digits: the RDP bound itself is answered.
+LARGE_EPSILON = 50.0
 
 
 def check_delta(delta: float, name: str = "delta") -> float:
@@ -40,11 +44,13 @@ class Accountant(ABC):
 
     def __init__(self) -> None:
         self._events: list[tuple[Event, int]] = []
+        self._answered: str | None = None
 
     @property
     def answered_by(self) -> str:
-        """The backend that gave the last answer (differs from ``name`` after a fallback)."""
-        return self.name
+        """The backend that gave the last answer (differs from ``name`` after a fallback, or
+        when the RDP bound answered a query too large for this backend)."""
+        return self._answered or self.name
 
     def compose(self, event: Event, count: int = 1) -> Accountant:
         """Add ``count`` sequential applications of ``event``. Returns self (chainable)."""
@@ -73,6 +79,14 @@ class Accountant(ABC):
             return math.inf
         if not comps:
             return 0.0
+        self._answered = None
+        if self.name != "rdp":
+            from .history import history_of, rdp_epsilon
+
+            bound = rdp_epsilon(history_of(comps), delta)
+            if bound > LARGE_EPSILON:
+                self._answered = "rdp"
+                return bound
         return max(float(self._epsilon(comps, delta)), 0.0)
 
     def delta(self, epsilon: float) -> float:

@@ -37,10 +37,6 @@ class PRVBackend(Accountant):
         self.rel_error = rel_error
         self.fell_back = False
 
-    @property
-    def answered_by(self) -> str:
-        return "pld" if self.fell_back else self.name
-
     def _build(
         self, components: list[Component], delta_error: float, eps_error: float | None = None
     ) -> PRVAccountant:
@@ -61,6 +57,7 @@ class PRVBackend(Accountant):
         from .pld import PLDBackend
 
         self.fell_back = True
+        self._answered = "pld"
         warnings.warn(
             f"prv-accountant could not account for this setting ({exc}); "
             "using the PLD backend (also an upper bound) instead.",

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,58 @@ def _add_dpsgd(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sample-rate",
         type=rate,
-        required=True,
         help="Poisson sampling rate q = expected batch size / dataset size, in (0, 1]",
     )
-    p.add_argument("--steps", type=steps, required=True, help="number of DP-SGD steps (integer)")
+    p.add_argument("--steps", type=steps, help="number of DP-SGD steps (integer)")
+    g = p.add_argument_group(
+        "or plan in data units (as Opacus's make_private_with_epsilon): q = B / N, "
+        "steps = ceil(E / q) per round, times R rounds"
+    )
+    g.add_argument("--dataset-size", type=steps, metavar="N", help="records in one shard")
+    g.add_argument("--batch-size", type=positive, metavar="B", help="expected batch (records)")
+    g.add_argument("--epochs", type=positive, metavar="E", help="local epochs per round")
+    g.add_argument("--rounds", type=steps, metavar="R", help="rounds (default 1)")
+
+
+DATA_UNITS = ("dataset_size", "batch_size", "epochs", "rounds")
+
+
+def resolve_dpsgd(args: argparse.Namespace) -> tuple[float, int, str]:
+    """(q, steps, how they were given) from --sample-rate/--steps or the data-unit flags."""
+    direct = args.sample_rate is not None or args.steps is not None
+    units = [k for k in DATA_UNITS if getattr(args, k) is not None]
+    if direct and units:
+        raise CLIError(
+            f"give --sample-rate and --steps, or --dataset-size/--batch-size/--epochs; found "
+            f"both (--{units[0].replace('_', '-')})."
+        )
+    if direct:
+        for flag, value, other in (
+            ("--sample-rate", args.sample_rate, "--steps"),
+            ("--steps", args.steps, "--sample-rate"),
+        ):
+            if value is None:
+                raise CLIError(f"argument {flag} is required with {other}.")
+        return args.sample_rate, args.steps, ""
+    needed = [f"--{k.replace('_', '-')}" for k in DATA_UNITS[:3] if getattr(args, k) is None]
+    if needed:
+        raise CLIError(
+            "give --sample-rate and --steps, or --dataset-size, --batch-size and --epochs "
+            f"(missing {', '.join(needed)})."
+        )
+    if args.batch_size > args.dataset_size:
+        raise CLIError(
+            f"argument --batch-size: must be at most --dataset-size ({args.dataset_size}). "
+            f"Found {args.batch_size:g}."
+        )
+    q = args.batch_size / args.dataset_size
+    rounds = args.rounds or 1
+    per_round = math.ceil(args.epochs / q)
+    how = (
+        f"q = {args.batch_size:g} / {args.dataset_size} = {q:.6g}; {per_round} steps per round "
+        f"x {rounds} rounds = {per_round * rounds} steps"
+    )
+    return q, per_round * rounds, how
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -166,21 +215,28 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 
 
 def cmd_epsilon(args: argparse.Namespace) -> int:
-    event = dpsgd_event(
-        noise_multiplier=args.noise_multiplier, sampling_rate=args.sample_rate, steps=args.steps
-    )
+    q, n_steps, how = resolve_dpsgd(args)
+    event = dpsgd_event(noise_multiplier=args.noise_multiplier, sampling_rate=q, steps=n_steps)
     acc = make_accountant(args.accountant).compose(event)
     eps = _with_warnings("epsilon", lambda: acc.epsilon(args.delta))
     _emit(
         args,
-        {"epsilon": eps, "delta": args.delta, "accountant": acc.answered_by},
-        f"ε = {eps:.4f} at δ = {args.delta:g} ({acc.answered_by} upper bound; "
-        f"σ = {args.noise_multiplier:g}, q = {args.sample_rate:g}, {args.steps} steps)",
+        {
+            "epsilon": eps,
+            "delta": args.delta,
+            "accountant": acc.answered_by,
+            "sampling_rate": q,
+            "steps": n_steps,
+        },  # fmt: skip
+        (f"{how}\n" if how else "")
+        + f"ε = {eps:.4f} at δ = {args.delta:g} ({acc.answered_by} upper bound; "
+        f"σ = {args.noise_multiplier:g}, q = {q:g}, {n_steps} steps)",
     )
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    args.sample_rate, args.steps, how = resolve_dpsgd(args)
     try:
         cal = _with_warnings(
             "calibrate",
@@ -202,8 +258,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "target_epsilon": cal.target_epsilon,
             "delta": cal.delta,
             "accountant": cal.accountant,
+            "sampling_rate": args.sample_rate,
+            "steps": args.steps,
         },
-        f"σ = {cal.noise_multiplier:.4f} gives ε = {cal.epsilon:.4f} <= {cal.target_epsilon:g} "
+        (f"{how}\n" if how else "")
+        + f"σ = {cal.noise_multiplier:.4f} gives ε = {cal.epsilon:.4f} <= {cal.target_epsilon:g} "
         f"at δ = {cal.delta:g} ({cal.accountant}; q = {args.sample_rate:g}, {args.steps} steps)",
     )
     return 0
@@ -253,8 +312,8 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         return 0
     print(f"{len(ledger)} releases, {len(eps)} clients, δ = {args.delta:g} ({used} upper bound)")
     print(f"{'client':>10}  {'releases':>8}  {'epsilon':>8}")
+    counts = Counter(r.client for r in ledger)
     for client, e in eps.items():
-        n = sum(1 for r in ledger if r.client == client)
-        print(f"{client:>10}  {n:>8}  {e:>8.4f}")
+        print(f"{client:>10}  {counts[client]:>8}  {e:>8.4f}")
     print(f"max ε = {max_eps:.4f}")
     return 0
