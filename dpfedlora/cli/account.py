@@ -225,9 +225,9 @@ def cmd_epsilon(args: argparse.Namespace) -> int:
             "epsilon": eps,
             "delta": args.delta,
             "accountant": acc.answered_by,
-            "sampling_rate": q,
-            "steps": n_steps,
-        },  # fmt: skip
+            # the q and steps implied by data units (given directly, they are the inputs)
+            **({"sampling_rate": q, "steps": n_steps} if how else {}),
+        },
         (f"{how}\n" if how else "")
         + f"ε = {eps:.4f} at δ = {args.delta:g} ({acc.answered_by} upper bound; "
         f"σ = {args.noise_multiplier:g}, q = {q:g}, {n_steps} steps)",
@@ -258,8 +258,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "target_epsilon": cal.target_epsilon,
             "delta": cal.delta,
             "accountant": cal.accountant,
-            "sampling_rate": args.sample_rate,
-            "steps": args.steps,
+            **({"sampling_rate": args.sample_rate, "steps": args.steps} if how else {}),
         },
         (f"{how}\n" if how else "")
         + f"σ = {cal.noise_multiplier:.4f} gives ε = {cal.epsilon:.4f} <= {cal.target_epsilon:g} "
