@@ -18,6 +18,7 @@ from prv_accountant import PoissonSubsampledGaussianMechanism, PRVAccountant
 
 from ..accountant import Accountant
 from ..events import Component
+from ..history import prv_domain_size
 
 __all__ = ["PRVBackend", "PRVFallbackWarning"]
 
@@ -46,12 +47,23 @@ class PRVBackend(Accountant):
             )
             for c in components
         ]
-        return PRVAccountant(
-            prvs=prvs,
-            max_self_compositions=[c.count for c in components],
-            eps_error=self.eps_error if eps_error is None else eps_error,
+        eps_error = self.eps_error if eps_error is None else eps_error
+        # The safe domain from our cached RDP curves (never smaller than prv-accountant's own,
+        # which spends most of a build evaluating fractional-order RDP).
+        domain = prv_domain_size(
+            [(c.sampling_rate, c.noise_multiplier, c.count) for c in components],
+            eps_error=eps_error,
             delta_error=delta_error,
         )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Assuming that true epsilon")
+            return PRVAccountant(
+                prvs=prvs,
+                max_self_compositions=[c.count for c in components],
+                eps_error=eps_error,
+                delta_error=delta_error,
+                eps_max=domain,
+            )
 
     def _fallback(self, exc: Exception) -> Accountant:
         from .pld import PLDBackend

@@ -136,3 +136,27 @@ def test_our_rdp_curve_equals_dp_accountings_at_the_same_integer_orders(q, sigma
     finite = theirs < 1e6  # dp-accounting returns inf where it overflows
     assert finite.sum() > 40
     assert ours[finite] == pytest.approx(theirs[finite], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        [(0.01, 1.0, 1000)],
+        [(0.1333, 1.277, 20)],
+        [(1.0, 5.0, 1), (0.1, 1.36, 50)],
+        [(0.5, 0.8, 50)],
+        [(0.005, 1.0, 500), (0.009, 1.3, 500)],
+    ],
+)
+def test_our_prv_domain_is_never_smaller_than_prv_accountants_own(blocks):
+    """The PRV backend passes prv-accountant a discretisation domain computed from our cached
+    RDP curves; it must be at least the one prv-accountant would compute (Remark 5.6)."""
+    from prv_accountant import PoissonSubsampledGaussianMechanism
+    from prv_accountant.accountant import compute_safe_domain_size
+
+    from accounting.history import prv_domain_size
+
+    prvs = [PoissonSubsampledGaussianMechanism(q, s) for q, s, _ in blocks]
+    theirs = compute_safe_domain_size(prvs, [n for *_, n in blocks], 0.01, 1e-8)
+    ours = prv_domain_size(blocks, eps_error=0.01, delta_error=1e-8)
+    assert theirs <= ours <= theirs * 1.5 + 1.0
