@@ -121,8 +121,9 @@ class Trainer:
         self.load(received)
         self.set_scaling(method.scaling(shard.spec))
         names = method.trainable_names(round_idx)
+        wanted = set(names)
         for n, p in self.params.items():
-            p.requires_grad_(n in names)
+            p.requires_grad_(n in wanted)
         self._ensure_hooks(names)
         params = [self.params[n] for n in names]
         before = self.snapshot(names)

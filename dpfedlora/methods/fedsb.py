@@ -55,6 +55,9 @@ class FedSB(Method):
         # B and A are included so a data-dependent init reaches every client through the state.
         return [n for layer in self.layers for n in (layer.a, layer.b, layer.r)] + list(self.head)
 
+    def trainable_key(self, round_idx: int) -> object:
+        return None  # the same tensors train every round
+
     def trainable(self, param_name: str, round_idx: int) -> bool:
         return param_name in self.head or any(param_name == layer.r for layer in self.layers)
 

@@ -39,6 +39,9 @@ class Full(Method):
     def managed_names(self) -> list[str]:
         return [layer.base for layer in self.layers] + list(self.head)
 
+    def trainable_key(self, round_idx: int) -> object:
+        return None  # the same tensors train every round
+
     def trainable(self, param_name: str, round_idx: int) -> bool:
         return param_name in self.head or any(param_name == layer.base for layer in self.layers)
 
