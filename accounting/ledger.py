@@ -5,8 +5,12 @@ One line per release::
     {"client": "3", "round": 2, "scope": "train", "event": {"type": "SelfComposed", ...}}
 
 Write-ahead protocol: a release is appended (and fsync'd) **before** the private data is touched,
-so a crash can over-count spending but never under-count it. Replay rebuilds ε per client by
-composing that client's events with a fresh accountant; events are data, so replay is exact.
+so a crash can over-count spending but never under-count it. Inside :meth:`Ledger.group` (one
+in-process round of many clients) each append is written and flushed to the OS before the data
+is touched (so it survives the process dying) and one fsync at the group's end makes them all
+durable against a machine crash before anything derived from the data leaves the process.
+Replay rebuilds ε per client by composing that client's events with a fresh accountant; events
+are data, so replay is exact.
 
 Corruption policy:
 * a truncated **last** line (a crash while writing) is reported with a warning. Its release never
@@ -24,6 +28,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +166,7 @@ class Ledger:
         self._history: dict[str, History] = {}
         # backends that actually answered (a PRV failure falls back to PLD, recorded here)
         self.answered_by: set[str] = set()
+        self._group: Any = None  # the open file handle inside group()
         if self.path.exists():
             self._load()
 
@@ -299,26 +305,59 @@ class Ledger:
 
     # ---------------------------------------------------------------- writing
     def append(self, record: Record) -> None:
-        """Durably append one release (write + flush + fsync) before the caller touches data."""
+        """Durably append one release (write + flush + fsync) before the caller touches data.
+
+        Inside :meth:`group`, the line is written and flushed (it survives the process dying)
+        and the fsync is the group's, at its end."""
         if not isinstance(record, Record):
             raise TypeError(f"`record` must be a Record. Found {type(record).__name__}.")
         line = json.dumps(record.to_json(), sort_keys=False) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
-        prefix = ""
         if self.truncated_line is not None:
-            prefix = "\n" + json.dumps({_MARKER: self.truncated_line}) + "\n"
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(prefix + line)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if created:  # the new file's directory entry must survive a crash too
-            fsync_directory(self.path.parent)
+            line = "\n" + json.dumps({_MARKER: self.truncated_line}) + "\n" + line
+        if self._group is not None:
+            self._group.write(line)
+            self._group.flush()
+        else:
+            with self._open() as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
         if self.truncated_line is not None:
             self._n_lines += 1
             self.truncated_line = None
         self._n_lines += 1
         self._index(record)
+
+    def _open(self):
+        """The file, opened for appending; a new file's directory entry is made durable."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        fh = open(self.path, "a", encoding="utf-8")
+        if created:  # the new file's directory entry must survive a crash too
+            fsync_directory(self.path.parent)
+        return fh
+
+    @contextmanager
+    def group(self) -> Iterator[Ledger]:
+        """Appends inside share one open file and one fsync, at the end (also on an error).
+
+        For a round of in-process clients: every release is in the file (written and flushed)
+        before its data is touched, and durable before the caller lets anything derived from
+        the data out of the process (aggregates, metrics, checkpoints). Nested groups join the
+        outer one."""
+        if self._group is not None:
+            yield self
+            return
+        self._group = self._open()
+        try:
+            yield self
+        finally:
+            fh, self._group = self._group, None
+            try:
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fh.close()
 
     def record(self, client: str, round: int, scope: str, event: Event) -> Record:
         rec = Record(client=str(client), round=round, scope=scope, event=event)

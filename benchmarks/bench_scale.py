@@ -11,6 +11,7 @@ resulting ledger.
     .venv/bin/python benchmarks/bench_scale.py                  # 100 and 1,000 clients
     .venv/bin/python benchmarks/bench_scale.py --clients 10000 --modes dp
     .venv/bin/python benchmarks/bench_scale.py --clients 1000 --skew
+    .venv/bin/python benchmarks/bench_scale.py --clients 1000 --repeats 3   # median of 3 pairs
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,6 +121,9 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["none", "dp"], choices=["none", "dp"])
     p.add_argument("--skew", action="store_true", help="per-client rates (size-skewed shards)")
     p.add_argument("--json", action="store_true", help="one JSON line per run instead of text")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="runs per mode, alternating; the ratio is of medians"
+    )
     p.add_argument("--child", nargs=3, metavar=("N", "MODE", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -127,32 +132,49 @@ def main() -> None:
         return
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     for n in args.clients:
-        results = {}
-        for mode in args.modes:
-            with tempfile.TemporaryDirectory() as tmp:
-                run_dir = str(Path(tmp) / "run")
-                cmd = [sys.executable, __file__, "--child", str(n), mode, run_dir]
-                cmd += ["--skew"] if args.skew else []
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
-                r["ledger_replay_s"] = replay_seconds(run_dir) if mode == "dp" else None
-            results[mode] = r
-            if args.json:
-                print(json.dumps(r), flush=True)
-                continue
-            replay = f", ledger replay {r['ledger_replay_s']:.1f} s" if mode == "dp" else ""
+        results: dict[str, list[dict]] = {m: [] for m in args.modes}
+        # modes alternate (none, dp, none, dp, ...) so that load on a shared machine hits both
+        for _ in range(args.repeats):
+            for mode in args.modes:
+                r = child_run(n, mode, args.skew, env)
+                results[mode].append(r)
+                if args.json:
+                    print(json.dumps(r), flush=True)
+                else:
+                    print(describe(n, mode, args.skew, r), flush=True)
+        if set(results) == {"none", "dp"} and not args.json:
+            walls = {m: [r["wall_per_round_s"] for r in rs] for m, rs in results.items()}
+            ratio = statistics.median(walls["dp"]) / statistics.median(walls["none"])
+            pairs = [d / p for d, p in zip(walls["dp"], walls["none"])]
+            spread = f" (per pair {min(pairs):.2f}-{max(pairs):.2f}x)" if len(pairs) > 1 else ""
             print(
-                f"{n:>6} clients {mode:>4}{' skew' if args.skew else ''}: "
-                f"{r['wall_per_round_s']:.2f} s/round, "
-                f"accounting {100 * r['accounting_share']:.1f} % "
-                f"({r['accounting_s']:.2f} s), setup {r['setup_s']:.1f} s, peak RSS "
-                f"{r['peak_rss_mb']:.0f} MB ({1024 * r['peak_rss_mb'] / n:.0f} KB/client), "
-                f"{r['distinct_q']} distinct q, ε {r['max_epsilon']}{replay}",
+                f"{n:>6} clients: DP / non-private wall per round = {ratio:.2f}x, median of "
+                f"{args.repeats}{spread}",
                 flush=True,
             )
-        if set(results) == {"none", "dp"} and not args.json:
-            ratio = results["dp"]["wall_per_round_s"] / results["none"]["wall_per_round_s"]
-            print(f"{n:>6} clients: DP / non-private wall per round = {ratio:.2f}x", flush=True)
+
+
+def child_run(n: int, mode: str, skew: bool, env: dict) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = str(Path(tmp) / "run")
+        cmd = [sys.executable, __file__, "--child", str(n), mode, run_dir]
+        cmd += ["--skew"] if skew else []
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r["ledger_replay_s"] = replay_seconds(run_dir) if mode == "dp" else None
+    return r
+
+
+def describe(n: int, mode: str, skew: bool, r: dict) -> str:
+    replay = f", ledger replay {r['ledger_replay_s']:.1f} s" if mode == "dp" else ""
+    return (
+        f"{n:>6} clients {mode:>4}{' skew' if skew else ''}: "
+        f"{r['wall_per_round_s']:.2f} s/round, "
+        f"accounting {100 * r['accounting_share']:.1f} % "
+        f"({r['accounting_s']:.2f} s), setup {r['setup_s']:.1f} s, peak RSS "
+        f"{r['peak_rss_mb']:.0f} MB ({1024 * r['peak_rss_mb'] / n:.0f} KB/client), "
+        f"{r['distinct_q']} distinct q, ε {r['max_epsilon']}{replay}"
+    )
 
 
 if __name__ == "__main__":

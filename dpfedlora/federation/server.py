@@ -17,6 +17,7 @@ resumed run draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -129,7 +130,8 @@ class Federation:
             for rnd in bar if st.running else ():
                 t0 = time.perf_counter()
                 # 1) sample clients; 2-3) broadcast, each client spends, trains and replies
-                done = self._exchange(rnd, self.sample(rnd), st, stop)
+                with self._ledger_group():  # durable before anything of the round leaves
+                    done = self._exchange(rnd, self.sample(rnd), st, stop)
                 st.faulty += [{"round": rnd, **f} for f in done.faulty]
                 if done.interrupted or stop.requested:
                     st.stopped_reason = "interrupted"
@@ -189,6 +191,10 @@ class Federation:
             st = RunState(0, self.method.init_state(), sigma, config_hash(cfg), to_dict(cfg))
         self._announce(st.noise_multiplier)
         return st
+
+    def _ledger_group(self):
+        """One fsync for the round's releases (see :meth:`Ledger.group`); none without DP."""
+        return self.ledger.group() if self.ledger is not None else contextlib.nullcontext()
 
     def plan_noise(self) -> float:
         return plan_noise(

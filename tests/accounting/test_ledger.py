@@ -146,3 +146,51 @@ def test_heterogeneous_client_history_gives_one_epsilon(tmp_path):
         make_accountant("pld").compose(Composed((a, b))).epsilon(1e-5)
     )
     assert ledger.epsilon("x", delta=1e-5) == pytest.approx(1.683, abs=0.005)
+
+
+def test_group_writes_each_release_before_returning_and_fsyncs_once(tmp_path, monkeypatch):
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    path = tmp_path / "l.jsonl"
+    ledger = Ledger(path)
+    with ledger.group():
+        for rnd in (1, 2, 3):
+            ledger.record("a", rnd, "train", ROUND)
+            # in the file (another reader sees it) before the caller touches the data
+            assert len(Ledger(path)) == rnd
+        assert len(calls) == 1  # only the new file's directory entry so far
+    assert len(calls) == 2  # one fsync for the whole group
+    assert Ledger(path).epsilon("a", delta=1e-5) == ledger.epsilon("a", delta=1e-5)
+
+
+def test_group_fsyncs_on_error_and_nests(tmp_path, monkeypatch):
+    ledger = Ledger(tmp_path / "l.jsonl")
+    ledger.record("a", 0, "init", ROUND)
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    with pytest.raises(RuntimeError, match="boom"):
+        with ledger.group():
+            with ledger.group():  # joins the outer group: no fsync of its own
+                ledger.record("a", 1, "train", ROUND)
+            assert calls == []
+            raise RuntimeError("boom")
+    assert len(calls) == 1
+    assert len(Ledger(tmp_path / "l.jsonl")) == 2
+    ledger.record("a", 2, "train", ROUND)  # outside a group: its own fsync again
+    assert len(calls) == 2
+
+
+def test_group_repairs_a_truncated_last_line(tmp_path):
+    path = tmp_path / "l.jsonl"
+    Ledger(path).record("a", 1, "train", ROUND)
+    with open(path, "a") as fh:
+        fh.write('{"client": "a", "rou')
+    with pytest.warns(LedgerWarning):
+        ledger = Ledger(path)
+    with ledger.group():
+        ledger.record("a", 2, "train", ROUND)
+    again = Ledger(path)
+    assert [r.round for r in again] == [1, 2]
+    assert again.truncated_line is None

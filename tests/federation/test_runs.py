@@ -141,3 +141,23 @@ def test_fedsb_public_init_removes_public_data_from_clients(tmp_path):
     )
     n_clients = sum(c.spec.num_examples for c in fed.clients)
     assert n_clients + len(fed.setup.public) == 960
+
+
+def test_each_release_is_in_the_ledger_file_before_its_shard_is_read(tmp_path, monkeypatch):
+    """Write-ahead inside a round's ledger group: when a client's training starts, a fresh
+    reader of the file already sees that client's record for the round."""
+    from dpfedlora.client.trainer import Trainer
+
+    seen = []
+    original = Trainer.train_local
+    out = tmp_path / "r"
+
+    def spy(self, shard, round_idx, *args, **kwargs):
+        on_disk = Ledger(out / "ledger.jsonl")
+        seen.append(any(r.client == shard.spec.cid and r.round == round_idx for r in on_disk))
+        return original(self, shard, round_idx, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_local", spy)
+    cfg = tiny_cfg("train.local_steps=1")
+    run(cfg, out, progress=False, log=lambda s: None)
+    assert seen == [True] * (4 * 2)
