@@ -13,6 +13,10 @@ from .tasks import TASKS
 __all__ = ["evaluate", "predict_logits"]
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -30,14 +34,15 @@ def evaluate(
     losses, preds = [], []
     # Batches of similar length waste little on padding; results are put back in data order.
     order = torch.argsort(data.attention_mask.sum(1), stable=True)
+    device = _device(model)
     for start in range(0, len(data), batch_size):
-        batch = data.subset(order[start : start + batch_size]).trimmed()
+        batch = data.subset(order[start : start + batch_size]).trimmed().to(device)
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         # the loss functions call model(...).logits: hand them this forward's output
-        losses.append(spec.loss(lambda _o=out, **_: _o, batch))
+        losses.append(spec.loss(lambda _o=out, **_: _o, batch).float().cpu())
         pred = spec.predict(out.logits, batch, label_token_ids)
         if pred is not None:
-            preds.append(pred)
+            preds.append(pred.cpu())
     model.train(was_training)
     loss = float(torch.cat(losses).mean()) if losses else math.nan  # a mean: order is irrelevant
     # predictions back in data order, to line up with the labels
@@ -50,11 +55,14 @@ def predict_logits(model: nn.Module, data: TensorData, *, batch_size: int = 256)
     """Logits of every example in data order, padded positions included (export checks)."""
     was_training = model.training
     model.eval()
+    device = _device(model)
     out = [
         model(
-            input_ids=data.input_ids[i : i + batch_size],
-            attention_mask=data.attention_mask[i : i + batch_size],
-        ).logits
+            input_ids=data.input_ids[i : i + batch_size].to(device),
+            attention_mask=data.attention_mask[i : i + batch_size].to(device),
+        )
+        .logits.float()
+        .cpu()
         for i in range(0, len(data), batch_size)
     ]
     model.train(was_training)

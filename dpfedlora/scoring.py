@@ -35,7 +35,7 @@ def score_export(run_dir: str | Path, out: str | Path, *, data_file: str | None 
         export_run(run_dir, out)
     model = load_exported(out, cfg)
     tokenizer = build_model(cfg.model, seed=cfg.seed).tokenizer
-    ids = TASKS[cfg.model.task].label_token_ids(tokenizer, cfg.data.label_names)
+    ids = TASKS[cfg.model.task].label_token_ids(tokenizer, cfg.data, cfg.model)
     return evaluate(
         model,
         held_out(run_dir, data_file),

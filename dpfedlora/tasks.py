@@ -47,17 +47,22 @@ class Task:
     labels_are_classes: bool  # batch.labels are class ids (input canaries need that)
     prefix_cacheable: bool  # the frozen-prefix cache supports its models
 
-    def label_token_ids(self, tokenizer: Any, names: tuple[str, ...]) -> list[int] | None:
-        """First token of each label word, for label-word accuracy (causal LM only)."""
-        if self.has_head or not names or tokenizer is None:
+    def label_token_ids(
+        self, tokenizer: Any, data: DataConfig, model: ModelConfig
+    ) -> list[int] | None:
+        """First answer token of each label word, for label-word accuracy (causal LM only)."""
+        if self.has_head or not data.label_names or tokenizer is None:
             return None
-        return [tokenizer(f" {w}", add_special_tokens=False)["input_ids"][0] for w in names]
+        from .prompts import Encoder
+
+        return Encoder(tokenizer, data, model).label_token_ids(data.label_names)
 
 
 # ------------------------------------------------------------------------- classification
 def _classification_loss(model: nn.Module, batch: TensorData) -> torch.Tensor:
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    return nn.functional.cross_entropy(logits, batch.labels, reduction="none")
+    # float32 loss over a low-precision base (a no-op for float32 logits)
+    return nn.functional.cross_entropy(logits.float(), batch.labels, reduction="none")
 
 
 def _classification_tokenize(rows: Rows, cfg: DataConfig, model: ModelConfig, tok) -> TensorData:
@@ -79,7 +84,7 @@ def _classification_metrics(loss, pred, data, num_labels, label_token_ids) -> di
 # ------------------------------------------------------------------------------ causal LM
 def _causal_lm_loss(model: nn.Module, batch: TensorData) -> torch.Tensor:
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    logits, targets = logits[:, :-1], batch.labels[:, 1:]
+    logits, targets = logits[:, :-1].float(), batch.labels[:, 1:]
     mask = (targets != -100).float()
     tok = nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.clamp(min=0).reshape(-1), reduction="none"
@@ -88,23 +93,29 @@ def _causal_lm_loss(model: nn.Module, batch: TensorData) -> torch.Tensor:
 
 
 def _causal_lm_tokenize(rows: Rows, cfg: DataConfig, model: ModelConfig, tok) -> TensorData:
-    """Prompt + response, with the loss on the response tokens only (labels -100 elsewhere)."""
-    prompts = [str(t) for t in column(rows, cfg.prompt_column, "prompt_column")]
+    """Prompt + response in the model's prompt format (:mod:`dpfedlora.prompts`), the loss on
+    the response tokens only (labels -100 elsewhere). Long examples lose prompt text, never
+    their answer."""
+    from .prompts import Encoder
+
+    enc = Encoder(tok, cfg, model)
     responses = [str(t) for t in column(rows, cfg.response_column, "response_column")]
+    if cfg.prompt_template:
+        texts = [str(t) for t in column(rows, cfg.text_column, "text_column")]
+        prompts = [""] * len(texts)
+    else:
+        prompts = [str(t) for t in column(rows, cfg.prompt_column, "prompt_column")]
+        texts = [None] * len(prompts)
     n = len(prompts)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ids = torch.full((n, model.max_length), pad, dtype=torch.long)
     mask = torch.zeros((n, model.max_length), dtype=torch.long)
     labels = torch.full((n, model.max_length), -100, dtype=torch.long)
-    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        p_ids = tok(p, add_special_tokens=True)["input_ids"]
-        r_ids = tok(r, add_special_tokens=False)["input_ids"] + eos
-        seq = (p_ids + r_ids)[: model.max_length]
+    for i, (p, r, t) in enumerate(zip(prompts, responses, texts)):
+        seq, start = enc.encode(p, r, t)
         L = len(seq)
         ids[i, :L] = torch.tensor(seq)
         mask[i, :L] = 1
-        start = min(len(p_ids), L)
         labels[i, start:L] = ids[i, start:L]
     classes = class_ids(rows, cfg, 10**9) if cfg.label_column in rows and cfg.label_names else None
     return TensorData(ids, mask, labels, None, classes)
@@ -170,7 +181,9 @@ register_task(
         tokenize=_causal_lm_tokenize,
         synthetic=_causal_lm_synthetic,
         columns=lambda d: [
-            ("prompt_column", d.prompt_column),
+            ("text_column", d.text_column)
+            if d.prompt_template
+            else ("prompt_column", d.prompt_column),
             ("response_column", d.response_column),
         ],
         predict=_label_word_predictions,

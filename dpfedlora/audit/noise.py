@@ -30,7 +30,7 @@ from typing import Any
 
 from accounting import Ledger, NonPrivate
 
-from ..client.grad_sample import GRAD_SAMPLE_MODES
+from ..client.grad_sample import auditable
 from ..config import Experiment, load_config, to_dict
 from ..errors import UserError
 from ..federation.setup import Setup, build_setup
@@ -45,7 +45,7 @@ PUBLIC_DATA = ("builtin:synthetic",)
 
 def check_noise_audit(cfg: Experiment, *, allow_private_data: bool) -> None:
     """Refuse what the noise audit cannot do, before anything is read or written."""
-    if not GRAD_SAMPLE_MODES[cfg.privacy.grad_sample_mode].auditable:
+    if not auditable(cfg.privacy.grad_sample_mode):
         raise UserError(
             "`privacy.grad_sample_mode` must be hooks for the noise audit (its signed noise acts "
             f"on hooks-mode per-sample gradients). Found {cfg.privacy.grad_sample_mode!r}. "

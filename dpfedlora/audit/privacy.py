@@ -40,7 +40,7 @@ from accounting import Ledger, NonPrivate, calibrate_dpsgd, make_accountant
 from accounting.audit import one_run_epsilon_lower_bound
 
 from ..client import Client, Trainer
-from ..client.grad_sample import GRAD_SAMPLE_MODES
+from ..client.grad_sample import auditable
 from ..config import Experiment, load_config, to_dict
 from ..data.tensors import TensorData
 from ..errors import UserError
@@ -109,7 +109,7 @@ def _trajectory(
 
 def refuse_unaudited_modes(cfg: Experiment) -> None:
     """The audits instrument Opacus's hooks-mode optimizer and replay seeded batches."""
-    if not GRAD_SAMPLE_MODES[cfg.privacy.grad_sample_mode].auditable:
+    if not auditable(cfg.privacy.grad_sample_mode):
         raise AuditError(
             "`privacy.grad_sample_mode` must be hooks for an audit (its canaries and signed noise "
             f"act on hooks-mode per-sample gradients). Found {cfg.privacy.grad_sample_mode!r}. "

@@ -28,6 +28,7 @@ VERBS: dict[str, str] = {
     "report": "dpfedlora.cli.sweep",
     "export": "dpfedlora.cli.export",
     "evaluate": "dpfedlora.cli.export",
+    "plan": "dpfedlora.cli.plan",
 }
 
 

@@ -26,7 +26,27 @@ from ..config import PrivacyConfig
 from ..data.tensors import TensorData
 from .dp_optimizer import SourcedDPOptimizer, SourcedGhostDPOptimizer
 
-__all__ = ["GradSampleMode", "GRAD_SAMPLE_MODES", "register_grad_sample_mode"]
+__all__ = [
+    "GradSampleMode",
+    "GRAD_SAMPLE_MODES",
+    "register_grad_sample_mode",
+    "AUTO",
+    "is_auto",
+    "auditable",
+]
+
+# `privacy.grad_sample_mode: auto`: the memory plan (models.memory) picks a registered mode
+AUTO = "auto"
+
+
+def is_auto(name: str) -> bool:
+    return name == AUTO
+
+
+def auditable(name: str) -> bool:
+    """Whether the audits can instrument this mode (auto: the plan picks hooks whenever they
+    fit, and the audits' trainer checks the mode it got)."""
+    return is_auto(name) or GRAD_SAMPLE_MODES[name].auditable
 
 
 @dataclass(frozen=True)
@@ -60,7 +80,7 @@ def _wrap_ghost(model: nn.Module, privacy: PrivacyConfig) -> nn.Module:
 
 def _hooks_step(trainer, optimizer, batch: TensorData) -> float:
     total = 0.0
-    chunks = batch.physical_batches(trainer.cfg.train.physical_batch_tokens)
+    chunks = batch.physical_batches(trainer.physical_batch_tokens)
     for i, chunk in enumerate(chunks):
         per_example = trainer.loss_fn(trainer.wrapped, chunk)
         total += float(per_example.detach().sum())

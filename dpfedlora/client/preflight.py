@@ -55,8 +55,15 @@ def check_model(model: nn.Module, trainable: list[str]) -> None:
             "model to one device before adding adapters (opacus#820)."
         )
     supported = GradSampleModule.GRAD_SAMPLERS
+    params = dict(model.named_parameters())
     for name in trainable:
         module_name, module = _owner(model, name)
+        if name in params and params[name].dtype != torch.float32:
+            raise PreflightError(
+                f"trainable tensor {name!r} is {params[name].dtype}: per-sample gradients, "
+                "clipping and noise must be float32 (a low-precision norm can exceed the clip "
+                "norm). Keep trained modules float32 (models.precision.float32_trainables)."
+            )
         if type(module) not in supported:
             raise PreflightError(
                 f"trainable tensor {name!r} belongs to {type(module).__name__} ({module_name!r}), "

@@ -26,12 +26,37 @@ from ..config import Experiment
 from ..data.tensors import TensorData
 from ..methods.aggregation import Tensors
 from ..methods.base import ClientSpec, Method
+from ..models.memory import MemoryPlan, model_shape, plan_memory
+from ..models.precision import to_host
 from ..noise import NoiseSource, make_noise_source
 from ..tasks import TASKS
 from .grad_sample import GRAD_SAMPLE_MODES
 from .preflight import PreflightError, check_model, check_moved
 
-__all__ = ["Trainer", "LocalResult", "Shard"]
+__all__ = ["Trainer", "LocalResult", "Shard", "plan_for"]
+
+
+def plan_for(
+    cfg: Experiment,
+    model: nn.Module,
+    trainable: list[str],
+    device: torch.device,
+    expected_batch: float | None = None,
+    free: int | None = None,
+) -> MemoryPlan:
+    """The memory plan of one DP step of ``model`` (``auto`` choices resolved)."""
+    shape = model_shape(model, trainable, cfg.method.rank)
+    return plan_memory(
+        shape,
+        device=device,
+        seq_len=cfg.model.max_length,
+        expected_batch=expected_batch or cfg.train.batch_size,
+        causal_lm=not TASKS[cfg.model.task].has_head,
+        mode=cfg.privacy.grad_sample_mode,
+        physical_batch_tokens=cfg.train.physical_batch_tokens,
+        checkpointing=cfg.train.gradient_checkpointing,
+        free=free,
+    )
 
 
 class Shard(Protocol):
@@ -58,18 +83,30 @@ class LocalResult:
 class Trainer:
     """The shared model, its per-sample-gradient wrapper, and the local training loop."""
 
-    def __init__(self, cfg: Experiment, method: Method, model: nn.Module):
+    def __init__(
+        self,
+        cfg: Experiment,
+        method: Method,
+        model: nn.Module,
+        *,
+        expected_batch: float | None = None,
+    ):
         self.cfg = cfg
         self.method = method
         self.model = model
         self.private = cfg.privacy.private
         self.loss_fn = TASKS[cfg.model.task].loss
-        # non-private training takes the hooks step on the unwrapped model
-        self.mode = GRAD_SAMPLE_MODES[cfg.privacy.grad_sample_mode if self.private else "hooks"]
         self.params = dict(model.named_parameters())
         union = sorted(set(method.trainable_names(1)) | set(method.trainable_names(2)))
         if not union:
             raise PreflightError(f"method {method.name!r} has no trainable tensors.")
+        # batches move here per step; client states stay on the host (models.precision)
+        self.device = self.params[union[0]].device
+        # the memory plan resolves `auto` (grad-sample mode, physical batch size)
+        self.plan = plan_for(cfg, model, union, self.device, expected_batch)
+        self.physical_batch_tokens = self.plan.physical_batch_tokens
+        # non-private training takes the hooks step on the unwrapped model
+        self.mode = GRAD_SAMPLE_MODES[self.plan.mode if self.private else "hooks"]
         for n in union:
             self.params[n].requires_grad_(True)
         check_model(model, union)
@@ -104,7 +141,8 @@ class Trainer:
                     self.params[name].copy_(value)
 
     def snapshot(self, names: list[str]) -> Tensors:
-        return {n: self.params[n].detach().clone() for n in names}
+        """Host copies of the named tensors (pinned where CUDA is present)."""
+        return {n: to_host(self.params[n]) for n in names}
 
     def set_scaling(self, scaling: float) -> None:
         for layer in self.method.layers:
@@ -183,6 +221,11 @@ class Trainer:
             noise_source=noise_source,
         )
         if self.dp_optimizer_factory is not None:
+            if not self.mode.auditable:  # `auto` chose a mode the audits cannot instrument
+                raise PreflightError(
+                    f"the audit needs hooks-mode per-sample gradients, but the memory plan chose "
+                    f"{self.mode.name}. Set privacy.grad_sample_mode=hooks."
+                )
             return self.dp_optimizer_factory(optimizer, **kwargs)
         return self.mode.optimizer_cls(optimizer, **kwargs)
 
@@ -190,7 +233,7 @@ class Trainer:
         """One (DP-)SGD step on a Poisson batch; an empty batch still gets the noise."""
         optimizer.zero_grad(set_to_none=True)
         if len(batch) > 0:
-            return self.mode.step(self, optimizer, batch)
+            return self.mode.step(self, optimizer, batch.to(self.device))
         if not self.private:
             return None
         for p in params:  # zero per-sample gradients: the step adds noise only

@@ -42,10 +42,13 @@ TASK_NAMES = ("classification", "causal_lm")
 POOLINGS = ("model", "mean")
 PARTITION_KINDS = ("iid", "dirichlet", "pathological", "by_column")
 PRIVACY_MODES = ("none", "sample")
-GRAD_SAMPLE_MODES = ("hooks", "ghost")
+GRAD_SAMPLE_MODES = ("hooks", "ghost")  # plus "auto": chosen by the memory plan
+DTYPES = ("float32", "bfloat16", "float16")  # the frozen base's; adapters stay float32
+QUANTIZATIONS = ("none", "4bit", "8bit")  # bitsandbytes (optional extra)
+PROMPT_FORMATS = ("auto", "plain", "chat")  # prompts.PROMPT_FORMATS plus auto
 OPTIMIZERS = ("sgd", "adamw")
 WEIGHTINGS = ("shard_size", "uniform")
-DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
 def check_choice(key: str, value: object, allowed: tuple[str, ...] | list[str]) -> None:
@@ -102,7 +105,13 @@ class ModelConfig:
     pooling: str = "model"  # model (the architecture's own head) | mean (masked mean + linear)
     num_labels: int = 2
     max_length: int = 32  # tokens per example (padding/truncation)
-    device: str = "cpu"
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
+    # the frozen base's dtype; adapters, heads, per-sample gradients, clipping and noise stay
+    # float32 (peft keeps LoRA factors in float32; no autocast, see models.precision)
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    quantization: str = "none"  # none | 4bit | 8bit: a bitsandbytes base (QLoRA)
+    # causal LM: auto (the tokenizer's chat template when it has one) | plain | chat
+    prompt_format: str = "auto"
     # cache the frozen embeddings and layers below the lowest adapted layer (see prefix_cache)
     cache_frozen_prefix: bool = True
     # dropout probability for every dropout in the model; None keeps the checkpoint's. DP
@@ -119,7 +128,17 @@ class ModelConfig:
         for i in self.layers:
             check_int("model.layers", i, minimum=0)
         if not DEVICE_PATTERN.match(str(self.device)):
-            raise ConfigError(f"`model.device` must be cpu, cuda or cuda:N. Found {self.device!r}.")
+            raise ConfigError(
+                f"`model.device` must be auto, cpu, cuda or cuda:N. Found {self.device!r}."
+            )
+        check_choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.quantization", self.quantization, QUANTIZATIONS)
+        check_choice("model.prompt_format", self.prompt_format, PROMPT_FORMATS)
+        if self.quantization != "none" and self.dtype == "float32":
+            raise ConfigError(
+                f"`model.quantization` = {self.quantization} computes in a low precision: "
+                "`model.dtype` must be bfloat16 or float16. Found float32."
+            )
         if self.dropout is not None:
             check_number(
                 "model.dropout",
@@ -159,6 +178,9 @@ class DataConfig:
     label_column: str = "label"
     label_names: tuple[str, ...] = ()  # string labels in class order, e.g. [ham, spam]
     prompt_column: str = "prompt"  # causal LM: the loss is on the response tokens only
+    # causal LM: a prompt built from text_column, e.g. "Is this spam or ham?\n\n{text}"; long
+    # examples then lose the end of the text, never the instruction or the answer
+    prompt_template: str = ""
     response_column: str = "response"
     train_split: str = "train"  # hub datasets
     eval_split: str = ""  # hub datasets with a held-out split; empty: split train
@@ -180,6 +202,11 @@ class DataConfig:
             high_open=True,
         )
         check_int("data.num_clients", self.num_clients, minimum=1)
+        if self.prompt_template and self.prompt_template.count("{text}") != 1:
+            raise ConfigError(
+                "`data.prompt_template` must contain {text} exactly once (where the text goes). "
+                f"Found {self.prompt_template!r}."
+            )
 
 
 @dataclass(frozen=True)
@@ -206,7 +233,9 @@ class PrivacyConfig:
     delta: float = 1e-5
     clip_norm: float = 1.0  # per-sample L2 clip C on exactly the trainable (sent) tensors
     accountant: str = "prv"  # prv | pld | rdp
-    grad_sample_mode: str = "hooks"  # hooks | ghost
+    # hooks | ghost | auto (hooks unless their per-sample gradients do not fit; `dpfedlora
+    # plan` and the run's start say which)
+    grad_sample_mode: str = "auto"
     # true: noise and Poisson sampling from a CSPRNG keyed from OS entropy (deployments);
     # false: seeded from `seed`, reproducible by anyone holding the config (simulation only)
     secure_mode: bool = False
@@ -217,7 +246,9 @@ class PrivacyConfig:
         from accounting import available_backends
 
         check_choice("privacy.mode", self.mode, PRIVACY_MODES)
-        check_choice("privacy.grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
+        check_choice(
+            "privacy.grad_sample_mode", self.grad_sample_mode, (*GRAD_SAMPLE_MODES, "auto")
+        )
         check_choice("privacy.accountant", self.accountant, available_backends())
         check_number(
             "privacy.delta",
@@ -279,8 +310,11 @@ class TrainConfig:
     # Physical batching (like Opacus's BatchMemoryManager): a Poisson batch is sorted by length
     # and run through forward/backward in chunks of at most this many (padded) tokens before the
     # one DP step. Per-sample clipping makes this exact; it cuts padding and peak memory.
-    # 0 = the whole batch at once.
-    physical_batch_tokens: int = 0
+    # 0 = the whole batch at once; auto = sized from free device memory (models.memory).
+    physical_batch_tokens: int | str = 0
+    # recompute activations in the backward pass (reentrant: the only kind Opacus's hooks see
+    # whole; non-reentrant leaves most per-sample gradients unset)
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         check_int("train.local_steps", self.local_steps, minimum=1)
@@ -296,12 +330,18 @@ class TrainConfig:
         check_number("train.lr", self.lr, low=0.0, low_open=True, fix="Use e.g. 0.01.")
         check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         check_number("train.weight_decay", self.weight_decay, low=0.0)
-        check_int(
-            "train.physical_batch_tokens",
-            self.physical_batch_tokens,
-            minimum=0,
-            fix="0 means the whole batch.",
-        )
+        if self.physical_batch_tokens != "auto":
+            check_int(
+                "train.physical_batch_tokens",
+                self.physical_batch_tokens,
+                minimum=0,
+                fix="0 means the whole batch; auto sizes it from free device memory.",
+            )
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError(
+                "`train.gradient_checkpointing` must be true or false. "
+                f"Found {self.gradient_checkpointing!r}."
+            )
 
 
 @dataclass(frozen=True)
@@ -331,4 +371,13 @@ class Experiment:
             raise ConfigError(
                 "`name` must be letters, digits, '.', '_' or '-' (it names the run directory). "
                 f"Found {self.name!r}."
+            )
+        init = getattr(self.method, "init", "random")
+        if init != "random" and self.model.dtype != "float32" and self.privacy.private:
+            # the gradient initialisation clips per-sample gradients of the *base* weights,
+            # which a low-precision base holds in bfloat16/float16: their norms are not exact
+            raise ConfigError(
+                f"`method.init` = {init} clips per-sample gradients of the base weights, which "
+                f"`model.dtype` = {self.model.dtype} keeps in low precision (inexact clipping). "
+                "Use method.init=random, or model.dtype=float32."
             )

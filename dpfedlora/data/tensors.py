@@ -35,6 +35,18 @@ class TensorData:
             None if self.classes is None else self.classes[idx_n],
         )
 
+    def to(self, device: torch.device | str) -> TensorData:
+        """The tensors on ``device`` (the data stays on the host; a batch moves per step)."""
+        if self.input_ids.device == torch.device(device):
+            return self
+        return TensorData(
+            self.input_ids.to(device, non_blocking=True),
+            self.attention_mask.to(device, non_blocking=True),
+            self.labels.to(device, non_blocking=True),
+            self.groups,
+            self.classes,
+        )
+
     def trimmed(self) -> TensorData:
         """Drop padding columns beyond the longest sequence of this batch (right padding)."""
         if len(self) == 0:

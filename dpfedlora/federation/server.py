@@ -32,6 +32,7 @@ import torch
 from accounting import Ledger
 
 from ..client import Budget, Client
+from ..client.grad_sample import is_auto
 from ..config import Experiment, to_dict
 from ..errors import UserError
 from ..evaluate import evaluate
@@ -248,6 +249,13 @@ class Federation:
         self.log(
             f"DP: σ = {sigma:.4f} ({how}), C = {p.clip_norm}, δ = {p.delta:g}, "
             f"accountant {p.accountant}; q per client {min(qs):.3f}-{max(qs):.3f}"
+        )
+        plan = self.setup.trainer.plan
+        chosen = " (auto)" if is_auto(p.grad_sample_mode) else ""
+        self.log(
+            f"memory: grad-sample mode {plan.mode}{chosen}, physical batch {plan.batch} x "
+            f"{plan.seq_len} tokens, predicted peak {plan.peak() / 1e9:.2f} GB of "
+            f"{plan.free / 1e9:.2f} GB free on {plan.device}"
         )
         if not p.secure_mode:
             self.log(

@@ -22,6 +22,8 @@ from ..data.partition import label_histogram, partition
 from ..data.tensors import TensorData
 from ..methods import ClientSpec, Method, make_method
 from ..models.builders import BuiltModel, build_model
+from ..models.checkpointing import enable_checkpointing
+from ..models.precision import float32_trainables
 from ..tasks import TASKS
 from .advice import shard_warnings
 
@@ -48,7 +50,7 @@ class Setup:
 
     def label_token_ids(self) -> list[int] | None:
         task = TASKS[self.cfg.model.task]
-        return task.label_token_ids(self.tokenizer, self.cfg.data.label_names)
+        return task.label_token_ids(self.tokenizer, self.cfg.data, self.cfg.model)
 
 
 def client_rate(cfg: Experiment, index: int, n: int) -> float:
@@ -122,10 +124,16 @@ def build_setup(cfg: Experiment) -> Setup:
         cfg, [len(s) for s in shards], [c.sampling_rate for c in clients], left_out
     )
     model = method.setup(built, train_head=cfg.model.train_head)
+    if cfg.train.gradient_checkpointing:
+        enable_checkpointing(model)
+    if cfg.model.dtype != "float32" or cfg.model.quantization != "none":
+        trainable = sorted(set(method.trainable_names(1)) | set(method.trainable_names(2)))
+        float32_trainables(model, trainable, final={built.head} if built.head else set())
     setup = Setup(cfg, method, built, model, None, clients, eval_data, public, histogram, warnings)  # type: ignore[arg-type]
     if cfg.model.cache_frozen_prefix and TASKS[cfg.model.task].prefix_cacheable:
         _install_prefix_cache(setup)
-    setup.trainer = Trainer(cfg, method, model)
+    expected = max(c.expected_batch for c in clients)
+    setup.trainer = Trainer(cfg, method, model, expected_batch=expected)
     for c in clients:
         c.trainer = setup.trainer
     return setup

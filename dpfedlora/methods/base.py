@@ -23,6 +23,7 @@ from accounting import Event
 from ..config import MethodConfig, TrainConfig
 from ..models.adapters import Layer, inject_lora
 from ..models.builders import BuiltModel
+from ..models.precision import to_host
 from .aggregation import Tensors, delta_weight, lora_scaling, normalize_weights, weighted_mean
 from .optimizers import make_optimizer
 
@@ -76,7 +77,9 @@ class Method:
     def init_state(self) -> Tensors:
         """The initial global state (a snapshot of the managed tensors)."""
         params = dict(self.model.named_parameters())
-        return {n: params[n].detach().clone() for n in self.managed_names()}
+        # float32 on the host: the server aggregates there, in full precision, whatever the
+        # base's dtype and device
+        return {n: to_host(params[n], torch.float32) for n in self.managed_names()}
 
     def managed_names(self) -> list[str]:
         raise NotImplementedError

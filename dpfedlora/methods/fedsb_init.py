@@ -53,6 +53,7 @@ def gradient_sum(
     try:
         for start in range(0, len(data), batch_size):
             batch = data.subset(torch.arange(start, min(start + batch_size, len(data))))
+            batch = batch.to(params[names[0]].device)
             loss = loss_fn(wrapped or model, batch).sum()
             loss.backward()
             if clip_norm is None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..config import FlexLoRAConfig
+from ..models.precision import to_host
 from .aggregation import (
     Tensors,
     delta_weight,
@@ -59,12 +60,12 @@ class FlexLoRA(LoRAMethod):
     # initial A (used while ΔW_g is still zero, i.e. before the first aggregation).
     def init_state(self) -> Tensors:
         params = dict(self.model.named_parameters())
-        state = {n: params[n].detach().clone() for n in self.head}
+        state = {n: to_host(params[n], torch.float32) for n in self.head}
         for layer in self.layers:
-            state[layer.a] = params[layer.a].detach().clone()
+            state[layer.a] = to_host(params[layer.a], torch.float32)
             w = params[layer.base]
-            state[f"delta/{layer.name}"] = torch.zeros_like(w)
-        self.base0 = {layer.base: params[layer.base].detach().clone() for layer in self.layers}
+            state[f"delta/{layer.name}"] = torch.zeros(w.shape, dtype=torch.float32)
+        self.base0 = {layer.base: to_host(params[layer.base]) for layer in self.layers}
         return state
 
     def client_view(self, state: Tensors, client: ClientSpec, round_idx: int) -> Tensors:

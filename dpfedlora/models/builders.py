@@ -12,6 +12,9 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig
 from ..tasks import TASKS
+from .precision import resolve_device, torch_dtype
+from .quantization import quantization_kwargs, requantized
+from .shapes import SHAPES, build_shape
 
 __all__ = ["BuiltModel", "build_model", "MODEL_BUILDERS", "register_model", "detect_targets"]
 
@@ -94,6 +97,14 @@ def detect_targets(model_type: str, configured: tuple[str, ...]) -> tuple[tuple[
     return known
 
 
+def _construct(cls, conf, cfg: ModelConfig) -> nn.Module:
+    """``cls`` from ``conf`` in ``model.dtype``. Low precision is built with ``dtype=`` (never a
+    later ``.to``, which would make Llama's RoPE frequencies bfloat16: gpu_path.md §3)."""
+    if cfg.dtype == "float32":
+        return cls(conf)
+    return cls._from_config(conf, dtype=torch_dtype(cfg.dtype))
+
+
 def _tiny_bert(cfg: ModelConfig) -> nn.Module:
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -109,7 +120,7 @@ def _tiny_bert(cfg: ModelConfig) -> nn.Module:
         attention_probs_dropout_prob=0.0,
         pad_token_id=0,
     )
-    return BertForSequenceClassification(conf)
+    return _construct(BertForSequenceClassification, conf, cfg)
 
 
 def _tiny_llama(cfg: ModelConfig) -> nn.Module:
@@ -128,7 +139,7 @@ def _tiny_llama(cfg: ModelConfig) -> nn.Module:
         pad_token_id=0,
         tie_word_embeddings=False,
     )
-    return getattr(transformers, TASKS[cfg.task].tiny_llama_class)(conf)
+    return _construct(getattr(transformers, TASKS[cfg.task].tiny_llama_class), conf, cfg)
 
 
 def _minilm_path() -> str:
@@ -176,16 +187,18 @@ def _from_pretrained(cfg: ModelConfig, path: str) -> nn.Module:
     try:
         task = TASKS[cfg.task]
         auto = getattr(transformers, task.auto_class)
+        kw = {"dtype": torch_dtype(cfg.dtype), **quantization_kwargs(cfg)}
         if not task.has_head:
-            return auto.from_pretrained(path, dtype=torch.float32)
+            return auto.from_pretrained(path, **kw)
         if cfg.pooling == "mean":
-            return MeanPoolClassifier(AutoModel.from_pretrained(path), cfg.num_labels)
-        model = auto.from_pretrained(path, num_labels=cfg.num_labels)
+            return MeanPoolClassifier(AutoModel.from_pretrained(path, **kw), cfg.num_labels)
+        model = auto.from_pretrained(path, num_labels=cfg.num_labels, **kw)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             f"`model.name` = {cfg.name!r} cannot be loaded ({first[:160]}). Use a built-in "
-            f"({', '.join(sorted([*MODEL_BUILDERS, *PRETRAINED]))}) or a local model folder; "
+            f"({', '.join(sorted([*MODEL_BUILDERS, *PRETRAINED, *SHAPES]))}) or a local model "
+            "folder; "
             "hub ids need a network."
         ) from None
     finally:
@@ -229,14 +242,18 @@ def build_model(cfg: ModelConfig, *, seed: int) -> BuiltModel:
     task = TASKS[cfg.task]
     torch.manual_seed(seed)  # weight init of config-built models and new heads; never DP noise
     tokenizer = None
-    if cfg.name in MODEL_BUILDERS:
-        model = MODEL_BUILDERS[cfg.name](cfg)
+    device = resolve_device(cfg.device)
+    if cfg.name in MODEL_BUILDERS or cfg.name in SHAPES:
+        built = MODEL_BUILDERS.get(cfg.name)
+        model = built(cfg) if built is not None else build_shape(cfg, device)
+        if cfg.quantization != "none":
+            model = requantized(model, cfg)
     elif cfg.name in PRETRAINED or not cfg.name.startswith("builtin:"):
         path = PRETRAINED[cfg.name]() if cfg.name in PRETRAINED else cfg.name
         model = _from_pretrained(cfg, path)
         tokenizer = _tokenizer(path)
     else:
-        known = sorted([*MODEL_BUILDERS, *PRETRAINED])
+        known = sorted([*MODEL_BUILDERS, *PRETRAINED, *SHAPES])
         raise ConfigError(f"unknown built-in model {cfg.name!r}. Built-ins: {', '.join(known)}.")
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
@@ -249,11 +266,12 @@ def build_model(cfg: ModelConfig, *, seed: int) -> BuiltModel:
         )
     targets, fifo = detect_targets(model_type, cfg.target_modules)
     head = HEADS.get(model_type) if task.has_head else None
-    # Device placement happens before adapters are injected (opacus#820: otherwise the LoRA
-    # weights silently never update).
-    model.to(cfg.device)
-    model.train()  # from_pretrained returns eval mode, which Opacus rejects
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     if isinstance(model, MeanPoolClassifier):
         head = "classifier"
+    # Device placement happens before adapters are injected (opacus#820: otherwise the LoRA
+    # weights silently never update). bitsandbytes places quantised weights when it loads them.
+    if cfg.quantization == "none":
+        model.to(device)
+    model.train()  # from_pretrained returns eval mode, which Opacus rejects
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     return BuiltModel(model, model_type, targets, fifo, head, int(pad), tokenizer, cfg.layers)

@@ -66,6 +66,8 @@ class CachedPrefix(nn.Module):
         modes = [m.training for m in modules]
         for m in modules:
             m.eval()
+        device = next(self.embeddings.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
         try:
             hidden = self.embeddings(input_ids=ids)
             attn = create_bidirectional_mask(
@@ -76,6 +78,9 @@ class CachedPrefix(nn.Module):
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
+        # the cache lives on the host (it can hold every example's features); rows move to
+        # the model's device per batch
+        hidden = hidden.cpu()
         return [hidden[i, : len(r)].clone() for i, r in enumerate(rows)]
 
     def _fingerprint(self, keys: list[bytes]) -> str:
@@ -124,6 +129,8 @@ class CachedPrefix(nn.Module):
         return len(todo)
 
     def forward(self, input_ids=None, **kwargs) -> torch.Tensor:
+        device = input_ids.device
+        input_ids = input_ids.cpu()
         lengths = (input_ids != self.pad_id).sum(1)
         rows = [input_ids[i, : int(n)] for i, n in enumerate(lengths)]
         keys = [r.numpy().tobytes() for r in rows]
@@ -139,7 +146,7 @@ class CachedPrefix(nn.Module):
         for i, k in enumerate(keys):
             h = self.cache[k]
             out[i, : h.shape[0]] = h
-        return out
+        return out.to(device)
 
 
 def install_prefix_cache(model: nn.Module, trainable: set[str], pad_id: int) -> int:
