@@ -193,7 +193,7 @@ register_task(
         has_head=False,
         needs_decoder=True,
         labels_are_classes=False,
-        prefix_cacheable=False,
+        prefix_cacheable=True,
     )
 )
 

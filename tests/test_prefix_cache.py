@@ -76,3 +76,38 @@ def test_prefix_runs_without_dropout_even_in_training_mode(tmp_path):
 def test_no_cache_when_bottom_layer_trains(tmp_path):
     fed = tiny_setup("method.name=ffa")  # adapters on every layer
     assert fed.prefix_layers == 0
+
+
+def _causal_logits_and_grads(fed, batch):
+    names = fed.method.trainable_names(1)
+    params = dict(fed.model.named_parameters())
+    for n in names:
+        params[n].requires_grad_(True)
+        params[n].grad = None
+    with torch.no_grad():
+        for n in names:
+            if "lora_B" in n:
+                params[n].normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+    TASKS["causal_lm"].loss(fed.model, batch).sum().backward()
+    logits = fed.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return logits.detach(), {n: params[n].grad.clone() for n in names}
+
+
+def test_decoder_cache_matches_uncached_model_on_real_tokens():
+    """A Llama decoder with adapters on its top layer: logits at every real position and the
+    per-sample-relevant gradients equal the uncached model's, though the pad id (0) also
+    occurs inside sequences here."""
+    over = ("model.name=builtin:tiny-llama", "model.task=causal_lm", "model.train_head=false",
+            "method.name=fedit", "model.layers=[1]")  # fmt: skip
+    plain = tiny_setup(*over, "model.cache_frozen_prefix=false")
+    cached = tiny_setup(*over)
+    assert plain.prefix_layers == 0 and cached.prefix_layers == 1
+    batch = plain.clients[0].data.subset(torch.arange(8))
+    batch.input_ids[:, 3] = 0  # the pad id inside every sequence
+    batch = batch.trimmed()
+    la, ga = _causal_logits_and_grads(plain, batch)
+    lb, gb = _causal_logits_and_grads(cached, batch)
+    real = batch.attention_mask.bool()
+    torch.testing.assert_close(lb[real], la[real], atol=1e-5, rtol=1e-5)
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], atol=1e-6, rtol=1e-5)

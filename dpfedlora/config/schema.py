@@ -373,7 +373,7 @@ class Experiment:
                 f"Found {self.name!r}."
             )
         init = getattr(self.method, "init", "random")
-        if init != "random" and self.model.dtype != "float32" and self.privacy.private:
+        if init == "private" and self.model.dtype != "float32" and self.privacy.private:
             # the gradient initialisation clips per-sample gradients of the *base* weights,
             # which a low-precision base holds in bfloat16/float16: their norms are not exact
             raise ConfigError(

@@ -67,11 +67,17 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every leaf that differs."""
+def config_differences(
+    old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """``key: old -> new`` for every leaf that differs. A key the old config lacks (its
+    checkpoint predates the key) is no difference when the new value is the key's default:
+    the old run ran with that behaviour."""
     a, b = _flatten(old), _flatten(new)
+    d = _flatten(defaults) if defaults is not None else {}
     return [
         f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}"
         for k in sorted(set(a) | set(b))
         if a.get(k, "<unset>") != b.get(k, "<unset>")
+        and not (k not in a and k in d and b.get(k) == d[k])
     ]

@@ -33,7 +33,7 @@ from accounting import Ledger
 
 from ..client import Budget, Client
 from ..client.grad_sample import is_auto
-from ..config import Experiment, to_dict
+from ..config import Experiment, method_config_class, to_dict
 from ..errors import UserError
 from ..evaluate import evaluate
 from ..interrupts import StopRequest
@@ -217,8 +217,11 @@ class Federation:
         ckpt = self.dir.load_checkpoint()
         if ckpt is None:
             return None
+        diff = []
         if ckpt["config_hash"] != config_hash(cfg):
-            diff = config_differences(ckpt.get("config", {}), to_dict(cfg))
+            defaults = to_dict(Experiment(method=method_config_class(cfg.method.name)()))
+            diff = config_differences(ckpt.get("config", {}), to_dict(cfg), defaults)
+        if ckpt["config_hash"] != config_hash(cfg) and (diff or not ckpt.get("config")):
             raise RunError(
                 f"{self.dir.path} was started with a different config; cannot resume. "
                 f"Differing keys: {'; '.join(diff) or 'unknown (older checkpoint)'}."

@@ -17,7 +17,10 @@ one file per (prefix weights, set of inputs), so the cells of a sweep compute th
 file holds features of private records: keep that directory with the runs (the sweep puts it
 inside its output directory), not in a shared place.
 
-Supported: BERT-family encoders (``.embeddings`` + ``.encoder.layer``) with right padding.
+Supported, with right padding: BERT-family encoders (``.embeddings`` + ``.encoder.layer``) and
+Llama-family decoders (``.embed_tokens`` + ``.layers`` + ``.rotary_emb``). In a decoder a real
+token attends only to earlier tokens, so its features below layer k do not depend on the padding
+after it; padded positions get zeros, which no real position attends to and no loss reads.
 """
 
 from __future__ import annotations
@@ -44,19 +47,49 @@ class _PassThrough(nn.Module):
 class CachedPrefix(nn.Module):
     """Stands in for ``embeddings``: returns cached outputs of embeddings + layers[:k]."""
 
-    def __init__(self, config, embeddings: nn.Module, prefix: nn.ModuleList, pad_id: int) -> None:
+    def __init__(
+        self,
+        config,
+        embeddings: nn.Module,
+        prefix: nn.ModuleList,
+        pad_id: int,
+        rotary: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.embeddings = embeddings
         self.prefix = prefix
         self.pad_id = pad_id
+        # decoders: the rotary embedding stays its model's module (held, not registered, so
+        # it appears once in the module tree)
+        self._rotary = (rotary,) if rotary is not None else ()
         self.cache: dict[bytes, torch.Tensor] = {}
         self.hits = self.misses = 0
 
+    def _run(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+
+        if not self._rotary:  # encoder
+            hidden = self.embeddings(input_ids=ids)
+            attn = create_bidirectional_mask(
+                config=self.config, inputs_embeds=hidden, attention_mask=mask
+            )
+            for layer in self.prefix:
+                hidden = layer(hidden, attn)
+            return hidden
+        hidden = self.embeddings(ids)  # decoder: as its model's forward runs the bottom layers
+        pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        attn = create_causal_mask(
+            config=self.config, inputs_embeds=hidden, attention_mask=mask, cache=None,
+            position_ids=pos,
+        )  # fmt: skip
+        rope = self._rotary[0](hidden, position_ids=pos)
+        for layer in self.prefix:
+            hidden = layer(hidden, attention_mask=attn, position_embeddings=rope, position_ids=pos)
+        return hidden
+
     @torch.no_grad()
     def _compute(self, rows: list[torch.Tensor]) -> list[torch.Tensor]:
-        from transformers.masking_utils import create_bidirectional_mask
-
         length = max(len(r) for r in rows)
         ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -69,12 +102,7 @@ class CachedPrefix(nn.Module):
         device = next(self.embeddings.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         try:
-            hidden = self.embeddings(input_ids=ids)
-            attn = create_bidirectional_mask(
-                config=self.config, inputs_embeds=hidden, attention_mask=mask
-            )
-            for layer in self.prefix:
-                hidden = layer(hidden, attn)
+            hidden = self._run(ids, mask)
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
@@ -82,6 +110,13 @@ class CachedPrefix(nn.Module):
         # the model's device per batch
         hidden = hidden.cpu()
         return [hidden[i, : len(r)].clone() for i, r in enumerate(rows)]
+
+    def _lengths(self, ids: torch.Tensor) -> torch.Tensor:
+        """Up to the last non-pad token: with right padding, and also where the pad id occurs
+        inside a sequence (chat models that pad with their end-of-turn token). A trailing real
+        token equal to the pad id counts as padding; in a decoder nothing real attends to it."""
+        positions = torch.arange(1, ids.shape[1] + 1)
+        return ((ids != self.pad_id) * positions).max(1).values
 
     def _fingerprint(self, keys: list[bytes]) -> str:
         h = hashlib.sha256(f"{self.pad_id}|{len(self.prefix)}|{torch.__version__}".encode())
@@ -99,7 +134,7 @@ class CachedPrefix(nn.Module):
         were computed here (the rest came from memory or the on-disk store)."""
         rows: dict[bytes, torch.Tensor] = {}
         for ids in inputs:
-            for i, n in enumerate((ids != self.pad_id).sum(1).tolist()):
+            for i, n in enumerate(self._lengths(ids).tolist()):
                 r = ids[i, :n]
                 rows.setdefault(r.numpy().tobytes(), r)
         # Canonical order (length, then tokens): the batches, and so the floats, depend only on
@@ -131,7 +166,7 @@ class CachedPrefix(nn.Module):
     def forward(self, input_ids=None, **kwargs) -> torch.Tensor:
         device = input_ids.device
         input_ids = input_ids.cpu()
-        lengths = (input_ids != self.pad_id).sum(1)
+        lengths = self._lengths(input_ids)
         rows = [input_ids[i, : int(n)] for i, n in enumerate(lengths)]
         keys = [r.numpy().tobytes() for r in rows]
         missing = [i for i, k in enumerate(keys) if k not in self.cache]
@@ -149,17 +184,33 @@ class CachedPrefix(nn.Module):
         return out.to(device)
 
 
+def _layout(module: nn.Module) -> tuple[str, str, nn.ModuleList] | None:
+    """(embeddings attribute, layer-list prefix, layers) of a supported container."""
+    encoder = getattr(module, "encoder", None)
+    if hasattr(module, "embeddings") and isinstance(getattr(encoder, "layer", None), nn.ModuleList):
+        return "embeddings", "encoder.layer", encoder.layer
+    layers = getattr(module, "layers", None)
+    if (
+        hasattr(module, "embed_tokens")
+        and hasattr(module, "rotary_emb")
+        and isinstance(layers, nn.ModuleList)
+    ):
+        return "embed_tokens", "layers", layers
+    return None
+
+
 def install_prefix_cache(model: nn.Module, trainable: set[str], pad_id: int) -> int:
     """Install the cache below the lowest layer that can train. Returns k (0: not installed)."""
     for name, module in model.named_modules():
-        encoder = getattr(module, "encoder", None)
-        if not (hasattr(module, "embeddings") and hasattr(encoder, "layer")):
+        layout = _layout(module)
+        if layout is None:
             continue
-        layers = encoder.layer
-        prefix_names = {f"{name}.embeddings." if name else "embeddings."}
+        emb_attr, list_name, layers = layout
+        dot = f"{name}." if name else ""
+        prefix_names = {f"{dot}{emb_attr}."}
         k = 0
         for i in range(len(layers)):
-            tag = f"{name}.encoder.layer.{i}." if name else f"encoder.layer.{i}."
+            tag = f"{dot}{list_name}.{i}."
             if any(t.startswith(tag) for t in trainable):
                 break
             prefix_names.add(tag)
@@ -167,7 +218,9 @@ def install_prefix_cache(model: nn.Module, trainable: set[str], pad_id: int) -> 
         if k == 0 or any(t.startswith(p) for t in trainable for p in prefix_names):
             return 0
         prefix = nn.ModuleList([layers[i] for i in range(k)])
-        module.embeddings = CachedPrefix(module.config, module.embeddings, prefix, pad_id)
+        rotary = getattr(module, "rotary_emb", None) if emb_attr == "embed_tokens" else None
+        cached = CachedPrefix(module.config, getattr(module, emb_attr), prefix, pad_id, rotary)
+        setattr(module, emb_attr, cached)
         for i in range(k):
             layers[i] = _PassThrough()
         return k

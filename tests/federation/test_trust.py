@@ -271,3 +271,28 @@ def test_sigma_without_a_target_runs_uncapped_and_reports_the_ledger_epsilon(tmp
     summary = quiet(cfg, tmp_path / "r")
     eps = Ledger(tmp_path / "r" / "ledger.jsonl", accountant="rdp").max_epsilon(delta=1e-5)
     assert summary["stopped_reason"] == "completed" and summary["max_epsilon"] == eps > 0
+
+
+def test_resume_accepts_a_checkpoint_older_than_new_default_keys(tmp_path):
+    """A checkpoint written before a key existed resumes when the key keeps its default (the
+    old run ran with that behaviour), and is refused when the key is set otherwise."""
+    import torch
+
+    from dpfedlora.federation import run
+    from dpfedlora.federation.server import RunError
+    from tests.helpers import tiny_cfg
+
+    out = tmp_path / "r"
+    cfg = tiny_cfg("train.local_steps=1")
+    run(cfg, out, progress=False, log=lambda s: None, until_round=1)
+    path = out / "checkpoint" / "state.pt"
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["config"]["model"]["dtype"]  # as written before model.dtype existed
+    del ckpt["config"]["train"]["gradient_checkpointing"]
+    ckpt["config_hash"] = "0" * 16
+    torch.save(ckpt, path)
+    with pytest.raises(RunError, match="model.dtype"):
+        run(tiny_cfg("train.local_steps=1", "model.dtype=bfloat16"), out, resume=True,
+            progress=False, log=lambda s: None)  # fmt: skip
+    summary = run(cfg, out, resume=True, progress=False, log=lambda s: None)
+    assert summary["rounds_completed"] == 2
