@@ -82,23 +82,17 @@ def _time(trainer, params, batch, steps: int, private: bool) -> float:
 
 def bench(size: str, quant: str, args) -> list[dict]:
     from dpfedlora.client.trainer import Trainer
+    from dpfedlora.federation.setup import adapt_model
     from dpfedlora.methods import make_method
     from dpfedlora.models.builders import build_model
-    from dpfedlora.models.precision import float32_trainables
 
     plain_cfg = _cfg(size, args, "hooks", private=False)
     if quant != "none":
         plain_cfg = replace(plain_cfg, model=replace(plain_cfg.model, quantization=quant))
     method = make_method(plain_cfg.method, seed=0)
     built = build_model(plain_cfg.model, seed=0)
-    model = method.setup(built, train_head=False)
-    names = sorted(set(method.trainable_names(1)))
-    if plain_cfg.model.dtype != "float32" or quant != "none":
-        float32_trainables(model, names)
-    if args.checkpointing:
-        from dpfedlora.models.checkpointing import enable_checkpointing
-
-        enable_checkpointing(model)
+    model = adapt_model(plain_cfg, method, built)  # as a run prepares it
+    names = method.trainable_union()
     _, seq, batch_size = SIZES[size]
     vocab = model.config.vocab_size if hasattr(model, "config") else 512
     g = torch.Generator().manual_seed(0)

@@ -94,9 +94,8 @@ class Encoder:
         self.after = _ids(tok, after)
         self.end = [tok.eos_token_id] if tok.eos_token_id is not None else []
         self.template = data.prompt_template
-        self.head, self.tail = "", ""
-        if self.template:
-            self.head, self.tail = self.template.split("{text}", 1)
+        head, tail = self.template.split("{text}", 1) if self.template else ("", "")
+        self.head, self.tail = _ids(tok, head), _ids(tok, tail)  # tokenised once, not per row
 
     def answer_ids(self, response: str) -> list[int]:
         return _ids(self.tok, self.format.answer(response))
@@ -106,7 +105,7 @@ class Encoder:
         answer = self.answer_ids(response) + self.end
         fixed = len(self.before) + len(self.after) + len(answer)
         if self.template:
-            head, tail = _ids(self.tok, self.head), _ids(self.tok, self.tail)
+            head, tail = self.head, self.tail
             room = self.max_length - fixed - len(head) - len(tail)
             self._check_room(room, fixed + len(head) + len(tail))
             content = head + _ids(self.tok, text or "")[:room] + tail  # the text loses its end

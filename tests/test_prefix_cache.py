@@ -7,7 +7,7 @@ from dpfedlora.tasks import TASKS
 from tests.helpers import tiny_setup
 
 
-def _logits_and_grads(fed, batch):
+def _logits_and_grads(fed, batch, task="classification"):
     names = fed.method.trainable_names(1)
     params = dict(fed.model.named_parameters())
     for n in names:
@@ -17,7 +17,7 @@ def _logits_and_grads(fed, batch):
         for n in names:
             if "latent" in n or "lora_B" in n:
                 params[n].normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
-    loss = TASKS["classification"].loss(fed.model, batch).sum()
+    loss = TASKS[task].loss(fed.model, batch).sum()
     loss.backward()
     logits = fed.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     return logits.detach(), {n: params[n].grad.clone() for n in names}
@@ -78,21 +78,6 @@ def test_no_cache_when_bottom_layer_trains(tmp_path):
     assert fed.prefix_layers == 0
 
 
-def _causal_logits_and_grads(fed, batch):
-    names = fed.method.trainable_names(1)
-    params = dict(fed.model.named_parameters())
-    for n in names:
-        params[n].requires_grad_(True)
-        params[n].grad = None
-    with torch.no_grad():
-        for n in names:
-            if "lora_B" in n:
-                params[n].normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
-    TASKS["causal_lm"].loss(fed.model, batch).sum().backward()
-    logits = fed.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    return logits.detach(), {n: params[n].grad.clone() for n in names}
-
-
 def test_decoder_cache_matches_uncached_model_on_real_tokens():
     """A Llama decoder with adapters on its top layer: logits at every real position and the
     per-sample-relevant gradients equal the uncached model's, though the pad id (0) also
@@ -105,8 +90,8 @@ def test_decoder_cache_matches_uncached_model_on_real_tokens():
     batch = plain.clients[0].data.subset(torch.arange(8))
     batch.input_ids[:, 3] = 0  # the pad id inside every sequence
     batch = batch.trimmed()
-    la, ga = _causal_logits_and_grads(plain, batch)
-    lb, gb = _causal_logits_and_grads(cached, batch)
+    la, ga = _logits_and_grads(plain, batch, "causal_lm")
+    lb, gb = _logits_and_grads(cached, batch, "causal_lm")
     real = batch.attention_mask.bool()
     torch.testing.assert_close(lb[real], la[real], atol=1e-5, rtol=1e-5)
     for n in ga:

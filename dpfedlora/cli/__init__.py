@@ -16,7 +16,7 @@ from accounting import LedgerError
 
 from ..errors import UserError
 
-__all__ = ["main", "VERBS", "CLIError", "OneLineParser"]
+__all__ = ["main", "VERBS", "CLIError", "OneLineParser", "add_overrides"]
 
 VERBS: dict[str, str] = {
     "epsilon": "dpfedlora.cli.account",
@@ -41,6 +41,18 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_overrides(parser: argparse.ArgumentParser, example: str = "method.name=fedsb") -> None:
+    """The ``--set KEY=VALUE`` option every config-reading verb takes (repeatable)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config key, e.g. --set {example} (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

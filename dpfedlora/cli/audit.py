@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, add_overrides
 
 
 def _ints(text: str) -> list[int]:
@@ -42,7 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     n = kinds.add_parser("noise", help="linear and non-linear DP noise in ΔW, per method")
     n.add_argument("config", metavar="CONFIG")
-    n.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(n)
     n.add_argument("--methods", default="fedit,ffa,fedsb,rolora", help="comma-separated methods")
     n.add_argument(
         "--local-steps",
@@ -74,7 +74,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     q = kinds.add_parser("privacy", help="one-run audit: ε lower bound vs the ledger's ε")
     q.add_argument("config", metavar="CONFIG")
-    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(q)
     q.add_argument("--canaries", type=int, default=1000, help="number of canaries m")
     q.add_argument(
         "--guesses",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import CLIError
+from . import CLIError, add_overrides
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -15,14 +15,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="predict a config's peak memory per DP step and the modes chosen (reads no data)",
     )
     p.add_argument("config", metavar="CONFIG", help="YAML config (see configs/)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set model.dtype=bfloat16",
-    )
+    add_overrides(p, "model.dtype=bfloat16")
     p.add_argument(
         "--free-memory",
         type=float,

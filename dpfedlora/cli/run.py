@@ -5,20 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import CLIError
+from . import CLIError, add_overrides
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a (private) federated fine-tuning from a YAML config")
     p.add_argument("config", metavar="CONFIG", help="YAML config (see configs/)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set method.name=fedsb --set server.rounds=4",
-    )
+    add_overrides(p, "method.name=fedsb --set server.rounds=4")
     p.add_argument("--out", help="run directory (default runs/<name>-<method>-<config hash>)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument(

@@ -97,7 +97,7 @@ class Trainer:
         self.private = cfg.privacy.private
         self.loss_fn = TASKS[cfg.model.task].loss
         self.params = dict(model.named_parameters())
-        union = sorted(set(method.trainable_names(1)) | set(method.trainable_names(2)))
+        union = method.trainable_union()
         if not union:
             raise PreflightError(f"method {method.name!r} has no trainable tensors.")
         # batches move here per step; client states stay on the host (models.precision)

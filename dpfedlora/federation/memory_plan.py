@@ -8,7 +8,7 @@ turns the shapes into a plan for ``model.device``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -119,7 +119,7 @@ def plan_config(cfg: Experiment, *, free: int | None = None) -> MemoryReport:
     built = BuiltModel(model, model_type, targets, fifo, head, 0, None, cfg.model.layers)
     method = make_method(cfg.method, seed=cfg.seed)
     adapted = method.setup(built, train_head=cfg.model.train_head)
-    trainable = sorted(set(method.trainable_names(1)) | set(method.trainable_names(2)))
+    trainable = method.trainable_union()
     device = resolve_device(cfg.model.device)
     expected = _expected_batch(cfg, notes)
     plan = plan_for(cfg, adapted, trainable, device, expected, free)
@@ -136,14 +136,8 @@ def plan_config(cfg: Experiment, *, free: int | None = None) -> MemoryReport:
         saved = linear * (
             torch_dtype(cfg.model.dtype).itemsize - QUANTIZED_BYTES[cfg.model.quantization]
         )
-        plan = _replace_weights(plan, plan.weights - int(saved))
+        plan = replace(plan, weights=plan.weights - int(saved))
         notes.append(f"{cfg.model.quantization} layers estimated at their packed size")
     total = sum(p.numel() for p in adapted.parameters())
     trainable_n = sum(dict(adapted.named_parameters())[n].numel() for n in trainable)
     return MemoryReport(plan, total, trainable_n, expected, notes)
-
-
-def _replace_weights(plan: MemoryPlan, weights: int) -> MemoryPlan:
-    from dataclasses import replace
-
-    return replace(plan, weights=weights)

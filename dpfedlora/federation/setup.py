@@ -27,7 +27,7 @@ from ..models.precision import float32_trainables
 from ..tasks import TASKS
 from .advice import shard_warnings
 
-__all__ = ["Setup", "build_setup", "client_rate"]
+__all__ = ["Setup", "build_setup", "adapt_model", "client_rate"]
 
 
 @dataclass
@@ -100,7 +100,7 @@ def _install_prefix_cache(setup: Setup) -> None:
     from ..models.prefix_cache import CachedPrefix, install_prefix_cache
 
     m = setup.method
-    may_train = set(m.trainable_names(1)) | set(m.trainable_names(2))
+    may_train = set(m.trainable_union())
     setup.prefix_layers = install_prefix_cache(setup.model, may_train, setup.built.pad_token_id)
     if setup.prefix_layers:
         prefix = next(x for x in setup.model.modules() if isinstance(x, CachedPrefix))
@@ -108,6 +108,18 @@ def _install_prefix_cache(setup: Setup) -> None:
         if setup.public is not None:
             sets.append(setup.public)
         prefix.precompute(d.input_ids for d in sets)
+
+
+def adapt_model(cfg: Experiment, method: Method, built: BuiltModel) -> nn.Module:
+    """The method's adapters on the shared base, with checkpointing as configured and, over a
+    low-precision base, every trained module float32."""
+    model = method.setup(built, train_head=cfg.model.train_head)
+    if cfg.train.gradient_checkpointing:
+        enable_checkpointing(model)
+    if cfg.model.dtype != "float32" or cfg.model.quantization != "none":
+        final = {built.head} if built.head else set()
+        float32_trainables(model, method.trainable_union(), final=final)
+    return model
 
 
 def build_setup(cfg: Experiment) -> Setup:
@@ -123,12 +135,7 @@ def build_setup(cfg: Experiment) -> Setup:
     warnings = shard_warnings(
         cfg, [len(s) for s in shards], [c.sampling_rate for c in clients], left_out
     )
-    model = method.setup(built, train_head=cfg.model.train_head)
-    if cfg.train.gradient_checkpointing:
-        enable_checkpointing(model)
-    if cfg.model.dtype != "float32" or cfg.model.quantization != "none":
-        trainable = sorted(set(method.trainable_names(1)) | set(method.trainable_names(2)))
-        float32_trainables(model, trainable, final={built.head} if built.head else set())
+    model = adapt_model(cfg, method, built)
     setup = Setup(cfg, method, built, model, None, clients, eval_data, public, histogram, warnings)  # type: ignore[arg-type]
     if cfg.model.cache_frozen_prefix and TASKS[cfg.model.task].prefix_cacheable:
         _install_prefix_cache(setup)

@@ -127,6 +127,12 @@ class Method:
             ]
         return list(cache[key])
 
+    def trainable_union(self) -> list[str]:
+        """Every name that trains in some round (methods alternate at most two sets, RoLoRA's
+        A and B phases), sorted: what the trainer prepares, the planner sizes and the
+        low-precision path keeps float32."""
+        return sorted(set(self.trainable_names(1)) | set(self.trainable_names(2)))
+
     def trainable_key(self, round_idx: int) -> object:
         """What the trainable set depends on (default: the round itself)."""
         return round_idx

@@ -36,10 +36,17 @@ def test_write_reload_replay_same_epsilon(tmp_path):
     assert again.clients == ["0", "1", "2"]
 
 
-def test_one_json_line_per_release_and_fsync(tmp_path, monkeypatch):
-    calls = []
+@pytest.fixture
+def fsyncs(monkeypatch) -> list[int]:
+    """The file descriptors os.fsync is called on (it still syncs)."""
+    calls: list[int] = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    return calls
+
+
+def test_one_json_line_per_release_and_fsync(tmp_path, fsyncs):
+    calls = fsyncs
     path = tmp_path / "l.jsonl"
     ledger = Ledger(path)
     ledger.record("a", 0, "init", ROUND)
@@ -148,10 +155,8 @@ def test_heterogeneous_client_history_gives_one_epsilon(tmp_path):
     assert ledger.epsilon("x", delta=1e-5) == pytest.approx(1.683, abs=0.005)
 
 
-def test_group_writes_each_release_before_returning_and_fsyncs_once(tmp_path, monkeypatch):
-    calls = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+def test_group_writes_each_release_before_returning_and_fsyncs_once(tmp_path, fsyncs):
+    calls = fsyncs
     path = tmp_path / "l.jsonl"
     ledger = Ledger(path)
     with ledger.group():
@@ -164,12 +169,11 @@ def test_group_writes_each_release_before_returning_and_fsyncs_once(tmp_path, mo
     assert Ledger(path).epsilon("a", delta=1e-5) == ledger.epsilon("a", delta=1e-5)
 
 
-def test_group_fsyncs_on_error_and_nests(tmp_path, monkeypatch):
+def test_group_fsyncs_on_error_and_nests(tmp_path, fsyncs):
     ledger = Ledger(tmp_path / "l.jsonl")
     ledger.record("a", 0, "init", ROUND)
-    calls = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    calls = fsyncs
+    calls.clear()  # count from here
     with pytest.raises(RuntimeError, match="boom"):
         with ledger.group():
             with ledger.group():  # joins the outer group: no fsync of its own
