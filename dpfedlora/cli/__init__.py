@@ -29,6 +29,7 @@ VERBS: dict[str, str] = {
     "export": "dpfedlora.cli.export",
     "evaluate": "dpfedlora.cli.export",
     "plan": "dpfedlora.cli.plan",
+    "deploy": "dpfedlora.cli.deploy",
 }
 
 

@@ -39,7 +39,7 @@ class Client:
     """One data shard with its DP-SGD settings; holds no model (it trains on ``trainer``)."""
 
     spec: ClientSpec
-    data: TensorData
+    data: TensorData | None  # None on a server whose clients train elsewhere (deployment)
     sampling_rate: float  # q = expected batch / shard size
     steps: int  # local DP-SGD steps per round
     trainer: Trainer | None = None
@@ -47,7 +47,7 @@ class Client:
 
     @property
     def expected_batch(self) -> float:
-        return self.sampling_rate * len(self.data)
+        return self.sampling_rate * self.spec.num_examples
 
     def planned_event(self, noise_multiplier: float) -> Event:
         return dpsgd_event(

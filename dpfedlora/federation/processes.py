@@ -77,6 +77,11 @@ class ProcessClients:
         conn.send_bytes(broadcast.to_bytes())
         return Reply.from_bytes(conn.recv_bytes())
 
+    def train_all(self, broadcasts, stop):
+        from .server import train_each
+
+        return train_each(self.train, broadcasts, stop)
+
     def close(self) -> None:
         for conn in self._conns.values():
             try:

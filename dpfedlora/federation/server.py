@@ -21,7 +21,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,13 +58,30 @@ class RunError(UserError, RuntimeError):
 
 class Clients(Protocol):
     """Where clients run. ``mirrors``: the clients hold their own ledgers, so the server keeps
-    a mirror of the events named in their replies."""
+    a mirror of the events named in their replies.
+
+    ``train_all`` takes the round's broadcasts lazily and yields one reply per broadcast, in
+    order; it stops early when ``stop()`` is true. In-process clients train one after the other
+    (:func:`train_each`); a deployment sends them all at once and waits for the replies."""
 
     mirrors: bool
 
-    def train(self, broadcast: Broadcast) -> Reply: ...
+    def train_all(
+        self, broadcasts: Iterable[Broadcast], stop: Callable[[], bool]
+    ) -> Iterator[Reply]: ...
 
     def close(self) -> None: ...
+
+
+def train_each(
+    train: Callable[[Broadcast], Reply], broadcasts: Iterable[Broadcast], stop: Callable[[], bool]
+) -> Iterator[Reply]:
+    """One client after the other, building each broadcast only when its turn comes (a
+    10,000-client round never holds 10,000 views)."""
+    for b in broadcasts:
+        if stop():
+            return
+        yield train(b)
 
 
 class LocalClients:
@@ -77,6 +94,9 @@ class LocalClients:
 
     def train(self, broadcast: Broadcast) -> Reply:
         return self.by_id[broadcast.client].train(broadcast)
+
+    def train_all(self, broadcasts, stop) -> Iterator[Reply]:
+        return train_each(self.train, broadcasts, stop)
 
     def close(self) -> None:
         pass
@@ -107,11 +127,12 @@ class Federation:
         *,
         log: Callable[[str], None] = print,
         clients: Clients | None = None,
+        setup: Setup | None = None,
     ):
         self.cfg = cfg
         self.dir = RunDir(out)
         self.log = log
-        self.setup: Setup = build_setup(cfg)
+        self.setup: Setup = setup if setup is not None else build_setup(cfg)
         self.method = self.setup.method
         self.clients = self.setup.clients
         self.remote = clients or LocalClients(self.clients)
@@ -280,23 +301,22 @@ class Federation:
     def _exchange(self, rnd: int, sampled: list[Client], st: RunState, stop) -> _Round:
         """Steps 2-3: one Broadcast per sampled client, its Reply sorted."""
         method, out = self.method, _Round()
-        for client in sampled:
-            if stop.requested:
-                out.interrupted = True
-                return out
+        views: dict[str, Tensors] = {}
+
+        def broadcasts() -> Iterator[Broadcast]:
+            for client in sampled:
+                views[client.spec.cid] = method.client_view(st.state, client.spec, rnd)
+                yield Broadcast(rnd, client.spec.cid, views[client.spec.cid], st.noise_multiplier)
+
+        replies = self.remote.train_all(broadcasts(), lambda: bool(stop.requested))
+        for client, reply in zip(sampled, replies):
             spec = client.spec
-            view = method.client_view(st.state, spec, rnd)
-            reply = self.remote.train(Broadcast(rnd, spec.cid, view, st.noise_multiplier))
+            view = views.pop(spec.cid)
             if self.remote.mirrors and reply.event is not None and self.ledger is not None:
                 self.ledger.record(spec.cid, rnd, "train", reply.event)
             if reply.status == "skipped":
                 out.skipped.append(spec.cid)
-                m = reply.metrics
-                self.log(
-                    f"round {rnd}: client {spec.cid} skipped: this round would raise its ε from "
-                    f"{m['current_epsilon']:.4f} to {m['planned_epsilon']:.4f}, above the "
-                    f"budget {m['budget']:g}."
-                )
+                self.log(f"round {rnd}: client {spec.cid} skipped: {_skip_reason(reply)}")
             elif reply.status == "failed":
                 out.faulty.append({"cid": spec.cid, "error": reply.error})
                 self.log(
@@ -306,6 +326,8 @@ class Federation:
             else:
                 out.good.append((reply, spec, view))
                 out.down += method.download_numel(st.state, spec, rnd) * 4
+        answered = len(out.good) + len(out.skipped) + len(out.faulty)
+        out.interrupted = answered < len(sampled)
         return out
 
     def _round_row(self, rnd: int, done: _Round, state: Tensors, gap: float, seconds: float):
@@ -357,6 +379,16 @@ class Federation:
             json.dumps({"labels": names, "clients": hist.tolist()}) + "\n"
         )
         plot_label_histogram(hist, self.dir.plots, label_names=names)
+
+
+def _skip_reason(reply: Reply) -> str:
+    m = reply.metrics
+    if {"current_epsilon", "planned_epsilon", "budget"} <= set(m):
+        return (
+            f"this round would raise its ε from {m['current_epsilon']:.4f} to "
+            f"{m['planned_epsilon']:.4f}, above the budget {m['budget']:g}."
+        )
+    return reply.error or "its owner refused the round."
 
 
 def run(

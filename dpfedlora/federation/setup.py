@@ -27,7 +27,17 @@ from ..models.precision import float32_trainables
 from ..tasks import TASKS
 from .advice import shard_warnings
 
-__all__ = ["Setup", "build_setup", "adapt_model", "client_rate"]
+__all__ = ["Setup", "ShardInfo", "build_setup", "adapt_model", "client_rate"]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What a remote data owner reports about its shard: its size and label counts. Both fall
+    outside the DP guarantee (the README says so); the server needs the size for q."""
+
+    cid: str
+    num_examples: int
+    label_counts: tuple[int, ...] = ()
 
 
 @dataclass
@@ -84,15 +94,18 @@ def _split_public(cfg: Experiment, method: Method, train: TensorData):
     return train.subset(perm[:k]), train.subset(np.sort(perm[k:]))
 
 
-def _clients(cfg: Experiment, method: Method, train: TensorData, shards) -> list[Client]:
-    sizes = [len(s) for s in shards]
+def _clients(
+    cfg: Experiment, method: Method, train: TensorData | None, shards, sizes: list[int]
+) -> list[Client]:
+    """One client per shard; with ``train`` None (a deployment's server) they hold no data."""
     clients = []
-    for i, idx in enumerate(shards):
-        q = client_rate(cfg, i, len(idx))
+    for i, n in enumerate(sizes):
+        q = client_rate(cfg, i, n)
         t = cfg.train
         steps = math.ceil(t.local_epochs / q) if t.local_epochs > 0 else t.local_steps
-        spec = ClientSpec(str(i), i, len(idx), method.client_rank(i, len(idx), sizes))
-        clients.append(Client(spec, train.subset(idx), q, steps))
+        spec = ClientSpec(str(i), i, n, method.client_rank(i, n, sizes))
+        data = None if train is None else train.subset(shards[i])
+        clients.append(Client(spec, data, q, steps))
     return clients
 
 
@@ -104,7 +117,7 @@ def _install_prefix_cache(setup: Setup) -> None:
     setup.prefix_layers = install_prefix_cache(setup.model, may_train, setup.built.pad_token_id)
     if setup.prefix_layers:
         prefix = next(x for x in setup.model.modules() if isinstance(x, CachedPrefix))
-        sets = [c.data for c in setup.clients] + [setup.eval_data]
+        sets = [c.data for c in setup.clients if c.data is not None] + [setup.eval_data]
         if setup.public is not None:
             sets.append(setup.public)
         prefix.precompute(d.input_ids for d in sets)
@@ -122,19 +135,35 @@ def adapt_model(cfg: Experiment, method: Method, built: BuiltModel) -> nn.Module
     return model
 
 
-def build_setup(cfg: Experiment) -> Setup:
+def _remote_histogram(cfg: Experiment, shards: list[ShardInfo]) -> np.ndarray:
+    width = max([cfg.model.num_labels, *(len(s.label_counts) for s in shards)])
+    hist = np.zeros((len(shards), width), dtype=np.int64)
+    for i, s in enumerate(shards):
+        hist[i, : len(s.label_counts)] = s.label_counts
+    return hist
+
+
+def build_setup(cfg: Experiment, *, remote: list[ShardInfo] | None = None) -> Setup:
+    """The run's objects. ``remote``: the clients' shards live with their owners (a
+    deployment's server): no partition is computed and the clients hold no data; their sizes
+    and label counts are the ones the owners reported, in client order."""
     method = make_method(cfg.method, seed=cfg.seed)
     built = build_model(cfg.model, seed=cfg.seed)
     train, eval_data = load_data(cfg.data, cfg.model, seed=cfg.seed, tokenizer=built.tokenizer)
     public, train = _split_public(cfg, method, train)
-    shards = partition(train.class_labels, cfg.data, seed=cfg.seed, groups=train.groups)
-    labels = train.class_labels
-    histogram = label_histogram(labels, shards, max(cfg.model.num_labels, int(labels.max()) + 1))
-    clients = _clients(cfg, method, train, shards)
-    left_out = len(train) - sum(map(len, shards)) if cfg.data.partition.kind == "by_column" else 0
-    warnings = shard_warnings(
-        cfg, [len(s) for s in shards], [c.sampling_rate for c in clients], left_out
-    )
+    if remote is None:
+        shards = partition(train.class_labels, cfg.data, seed=cfg.seed, groups=train.groups)
+        labels = train.class_labels
+        width = max(cfg.model.num_labels, int(labels.max()) + 1)
+        histogram = label_histogram(labels, shards, width)
+        sizes = [len(s) for s in shards]
+        left_out = len(train) - sum(sizes) if cfg.data.partition.kind == "by_column" else 0
+        clients = _clients(cfg, method, train, shards, sizes)
+    else:
+        sizes, left_out = [s.num_examples for s in remote], 0
+        histogram = _remote_histogram(cfg, remote)
+        clients = _clients(cfg, method, None, None, sizes)
+    warnings = shard_warnings(cfg, sizes, [c.sampling_rate for c in clients], left_out)
     model = adapt_model(cfg, method, built)
     setup = Setup(cfg, method, built, model, None, clients, eval_data, public, histogram, warnings)  # type: ignore[arg-type]
     if cfg.model.cache_frozen_prefix and TASKS[cfg.model.task].prefix_cacheable:

@@ -1,0 +1,201 @@
+"""The pieces of a deployment that need no running Flower: the node worker (the data owner's
+budget, its shards), the node-local socket protocol, certificates, and the server's reading of
+node replies. Fast; the loopback federation itself is in test_local_deployment.py (slow)."""
+
+from __future__ import annotations
+
+import json
+import stat
+from multiprocessing import Pipe
+
+import pytest
+
+from accounting import Ledger
+from dpfedlora.config import to_dict
+from dpfedlora.deploy.protocol import authkey, recv, send, socket_path
+from dpfedlora.deploy.worker import Worker, owner_config, partition_ids
+from dpfedlora.wire import Broadcast, Reply
+from tests.helpers import tiny_cfg, tiny_setup
+
+
+def test_frames_round_trip_and_a_bad_count_is_refused():
+    a, b = Pipe()
+    send(a, {"action": "train"}, [b"one", b"", b"three" * 1000])
+    header, payloads = recv(b)
+    assert header == {"action": "train"} and payloads == [b"one", b"", b"three" * 1000]
+    a.send_bytes(json.dumps({"n": -1}).encode())
+    with pytest.raises(ValueError, match="frame count"):
+        recv(b)
+
+
+def test_the_worker_key_and_socket_are_private_to_the_user(tmp_path):
+    key = authkey(tmp_path / "node")
+    assert len(key) == 32 and authkey(tmp_path / "node") == key  # created once, then read
+    assert stat.S_IMODE((tmp_path / "node" / "worker.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "node").stat().st_mode) == 0o700
+    sock = socket_path(tmp_path / "node")
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+    assert len(str(sock)) < 100  # Unix socket paths are limited to ~107 bytes
+    assert socket_path(tmp_path / "other") != sock
+
+
+@pytest.mark.parametrize(
+    "node_config, want",
+    [({"partition-id": 2}, ["2"]), ({"partition-ids": "0, 3"}, ["0", "3"])],
+)
+def test_partition_ids(node_config, want):
+    assert partition_ids(node_config, 4) == want
+
+
+@pytest.mark.parametrize(
+    "node_config, match",
+    [({}, "partition-ids"), ({"partition-ids": "0,x"}, "integers"),
+     ({"partition-id": 4}, r"0\.\.3"), ({"partition-ids": ""}, r"0\.\.3")],
+)  # fmt: skip
+def test_bad_partition_ids_name_the_key(node_config, match):
+    with pytest.raises(ValueError, match=match):
+        partition_ids(node_config, 4)
+
+
+def test_nodes_draw_secure_noise_unless_told_otherwise():
+    data = to_dict(tiny_cfg())
+    assert not tiny_cfg().privacy.secure_mode
+    assert owner_config(data, {}).privacy.secure_mode  # a real deployment's default
+    assert owner_config(data, {"noise": "secure"}).privacy.secure_mode
+    assert not owner_config(data, {"noise": "config"}).privacy.secure_mode  # tests only
+    with pytest.raises(ValueError, match="noise"):
+        owner_config(data, {"noise": "seeded"})
+
+
+def _request(cfg, node_config, action, payloads=()):
+    header = {"config": to_dict(cfg), "node_config": node_config, "action": action}
+    return header, list(payloads)
+
+
+def test_the_worker_describes_its_shards_as_the_simulator_splits_them(tmp_path):
+    cfg = tiny_cfg()
+    setup = tiny_setup()
+    node = {"partition-ids": "1,3", "state-dir": str(tmp_path), "noise": "config"}
+    answer, data = Worker(tmp_path).handle(*_request(cfg, node, "describe"))
+    shards = answer["info"]["shards"]
+    assert [s["cid"] for s in shards] == ["1", "3"] and data == []
+    for s in shards:
+        client = setup.clients[int(s["cid"])]
+        assert s["num_examples"] == client.spec.num_examples == len(client.data)
+        assert sum(s["label_counts"]) == s["num_examples"]
+
+
+def test_the_owner_budget_refuses_before_anything_is_recorded_or_trained(tmp_path):
+    """The server asks for a round the owner's budget cannot pay for: the node answers
+    'refused', its ledger is unchanged and its shard is never read."""
+    cfg = tiny_cfg()
+    node = {"partition-id": 1, "state-dir": str(tmp_path), "noise": "config",
+            "epsilon-budget": 0.5}  # fmt: skip
+    worker = Worker(tmp_path)
+    setup = tiny_setup()
+    spec = setup.clients[1].spec
+    view = setup.method.client_view(setup.method.init_state(), spec, 1)
+    request = Broadcast(1, "1", view, 1.0).to_bytes()
+    answer, data = worker.handle(*_request(cfg, node, "train", [request]))
+    (result,) = answer["info"]["results"]
+    assert result["status"] == "refused" and data == [b""]
+    assert result["reason"]["metrics"]["planned_epsilon"] > 0.5
+    assert result["reason"]["metrics"]["budget"] == 0.5
+    assert not (tmp_path / "ledger.jsonl").exists() or not Ledger(tmp_path / "ledger.jsonl")
+    # a request for a client this node does not hold is an error, not a training
+    other = Broadcast(1, "2", view, 1.0).to_bytes()
+    answer, _ = worker.handle(*_request(cfg, {**node, "epsilon-budget": 10.0}, "train", [other]))
+    assert answer["info"]["results"][0]["status"] == "error"
+
+
+def test_the_worker_trains_what_an_in_process_client_trains(tmp_path):
+    """Same config and seed: the node's reply equals the simulator's client reply, and the
+    release is in the node's own ledger."""
+    cfg = tiny_cfg()
+    setup = tiny_setup()
+    from accounting import Ledger as L
+    from dpfedlora.client import Budget
+
+    client = setup.clients[2]
+    client.budget = Budget(L(tmp_path / "sim.jsonl", accountant="prv"), 3.0, 1e-5)
+    view = setup.method.client_view(setup.method.init_state(), client.spec, 1)
+    want = client.train(Broadcast(1, "2", view, 1.3))
+    node = {"partition-ids": "2", "state-dir": str(tmp_path / "node"), "noise": "config"}
+    answer, data = Worker(tmp_path / "node").handle(
+        *_request(cfg, node, "train", [Broadcast(1, "2", view, 1.3).to_bytes()])
+    )
+    assert answer["info"]["results"][0]["status"] == "ok"
+    got = Reply.from_bytes(data[0])
+    assert got.payload.keys() == want.payload.keys()
+    for k in want.payload:
+        assert got.payload[k].equal(want.payload[k])
+    own = (tmp_path / "node" / "ledger.jsonl").read_text().splitlines()
+    assert own == (tmp_path / "sim.jsonl").read_text().splitlines()
+
+
+def test_certificates_chain_to_the_ca_and_keys_are_private(tmp_path):
+    pytest.importorskip("cryptography")
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from dpfedlora.deploy.certs import make_certificates
+
+    c = make_certificates(tmp_path / "c", 2, hosts=["10.1.2.3", "link.example.org"])
+    ca = x509.load_pem_x509_certificate(c.ca.read_bytes())
+    cert = x509.load_pem_x509_certificate(c.server_cert.read_bytes())
+    ca.public_key().verify(
+        cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
+    )
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "link.example.org"}
+    assert {str(a) for a in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "10.1.2.3"}
+    for key in (c.server_key, *c.node_keys):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    for key in c.node_keys:
+        assert key.with_suffix(".pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+
+
+class _Error:
+    def __init__(self, code, reason):
+        self.code, self.reason = code, reason
+
+
+class _Msg:
+    """A stand-in for a Flower reply (``has_error``, ``error``, ``content``)."""
+
+    def __init__(self, *, error=None, content=None):
+        self.error, self.content = error, content
+
+    def has_error(self):
+        return self.error is not None
+
+
+def test_the_server_reads_ok_refused_and_missing_node_answers():
+    pytest.importorskip("flwr")
+    from dpfedlora.deploy.client_app import REFUSED
+    from dpfedlora.deploy.server_app import FlowerClients
+
+    setup = tiny_setup()
+    fc = FlowerClients.__new__(FlowerClients)
+    fc.round_timeout = 7.0
+    fc.planned = lambda cid, sigma: setup.clients[int(cid)].planned_event(sigma)
+    sent = [Broadcast(3, "1", {}, 1.2), Broadcast(3, "3", {}, 1.2)]
+    ok = Reply(3, "1", "ok", {}, {"loss": 0.5}, setup.clients[1].planned_event(1.2))
+    refusal = {"error": "over budget", "metrics": {"budget": 1.0}}
+    content = {"dpfedlora": {
+        "header": json.dumps({"results": [{"cid": "1", "status": "ok"},
+                                          {"cid": "3", "status": "refused", "reason": refusal}]}),
+        "payloads": [ok.to_bytes(), b""]}}  # fmt: skip
+    got = fc._replies(sent, _Msg(content=content))
+    assert got["1"].status == "ok" and got["1"].metrics == {"loss": 0.5}
+    assert got["3"].status == "skipped" and got["3"].event is None
+    refused = [{"cid": c, "status": "refused", "reason": refusal} for c in ("1", "3")]
+    got = fc._replies(sent, _Msg(error=_Error(REFUSED, json.dumps(refused))))
+    assert [r.status for r in got.values()] == ["skipped", "skipped"]
+    # no answer: counted as spent (the node may have recorded it), never under-counted
+    got = fc._replies(sent, None)
+    for cid, r in got.items():
+        assert r.status == "failed" and "no reply within 7 s" in r.error
+        assert r.event == setup.clients[int(cid)].planned_event(1.2)
+    got = fc._replies(sent, _Msg(error=_Error(5, "Node Unavailable")))
+    assert all(r.status == "failed" and "error 5" in r.error for r in got.values())
