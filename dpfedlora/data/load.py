@@ -14,7 +14,7 @@ from .sources import read_source, synthetic_tokens
 from .split import stratified_split
 from .tensors import TensorData
 
-__all__ = ["load_data", "tokenize"]
+__all__ = ["load_data", "load_records", "tokenize"]
 
 
 def tokenize(rows: Rows, cfg: DataConfig, model: ModelConfig, tokenizer: Any) -> TensorData:
@@ -38,6 +38,34 @@ def _subsample(rows: Rows, num_examples: int, seed: int) -> Rows:
     return {k: [v[i] for i in keep] for k, v in rows.items()}
 
 
+def _check_rows(rows: Rows, cfg: DataConfig, model: ModelConfig, tokenizer: Any) -> None:
+    if not rows or not len(next(iter(rows.values()))):
+        raise ConfigError(f"`data.name` = {cfg.name!r} holds no examples.")
+    for key, name in TASKS[model.task].columns(cfg):
+        column(rows, name, key)  # a missing column fails before any tokenising
+    if tokenizer is None:
+        raise ConfigError(
+            f"`model.name` = {model.name!r} has no tokenizer, which dataset {cfg.name!r} needs. "
+            "Use a pretrained model (e.g. builtin:minilm) or data.name=builtin:synthetic."
+        )
+
+
+def load_records(path: str, cfg: DataConfig, model: ModelConfig, tokenizer: Any) -> TensorData:
+    """Every record of one local file (a data owner's own shard), tokenised as the config's
+    task does; no split, no subsample. ``path``: .csv/.tsv/.json/.jsonl/.parquet."""
+    from dataclasses import replace
+
+    from ..config import PartitionConfig
+
+    # the owner's file is its shard: no partition column is needed
+    own = replace(cfg, name=str(path), partition=PartitionConfig())
+    if own.name.startswith("builtin:"):
+        raise ConfigError(f"a data owner's `data-path` must be a local file. Found {path!r}.")
+    rows, _ = read_source(own)
+    _check_rows(rows, own, model, tokenizer)
+    return tokenize(rows, own, model, tokenizer)
+
+
 def load_data(
     cfg: DataConfig, model: ModelConfig, *, seed: int, tokenizer: Any = None
 ) -> tuple[TensorData, TensorData]:
@@ -47,15 +75,7 @@ def load_data(
         tr, ev = stratified_split(data.class_labels, cfg.eval_fraction, seed)
         return data.subset(tr), data.subset(ev)
     train_rows, eval_rows = read_source(cfg)
-    if not train_rows or not len(next(iter(train_rows.values()))):
-        raise ConfigError(f"`data.name` = {cfg.name!r} holds no examples.")
-    for key, name in TASKS[model.task].columns(cfg):
-        column(train_rows, name, key)  # a missing column fails before any tokenising
-    if tokenizer is None:
-        raise ConfigError(
-            f"`model.name` = {model.name!r} has no tokenizer, which dataset {cfg.name!r} needs. "
-            "Use a pretrained model (e.g. builtin:minilm) or data.name=builtin:synthetic."
-        )
+    _check_rows(train_rows, cfg, model, tokenizer)
     data = tokenize(_subsample(train_rows, cfg.num_examples, seed), cfg, model, tokenizer)
     if eval_rows is not None:
         return data, tokenize(eval_rows, cfg, model, tokenizer)

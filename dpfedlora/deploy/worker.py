@@ -18,6 +18,7 @@ Run as ``python -m dpfedlora.deploy.worker``. The ClientApp starts it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -80,16 +81,17 @@ class Worker:
         cfg = owner_config(cfg_data, node_config)
         cids = partition_ids(node_config, cfg.data.num_clients)
         self._key, self._clients = None, {}  # one model in memory: drop the old set-up first
-        setup = build_setup(cfg)
+        setup = build_setup(cfg, own=own_files(node_config, cids))
         p = cfg.privacy
         # one ledger for the node's clients (records are per client): the owner's disk
         ledger = (
             Ledger(self.state_dir / "ledger.jsonl", accountant=p.accountant) if p.private else None
         )
-        budget = float(node_config.get("epsilon-budget", p.budget)) if p.private else 0.0
+        budget = owner_budget(node_config, p.budget) if p.private else 0.0
         clients = {}
+        by_cid = {c.spec.cid: c for c in setup.clients}
         for cid in cids:
-            client = setup.clients[int(cid)]
+            client = by_cid[cid]
             client.budget = Budget(ledger, budget, p.delta) if ledger is not None else None
             clients[cid] = client
         self._key, self._clients = key, clients
@@ -149,6 +151,43 @@ def partition_ids(node_config: dict[str, Any], num_clients: int) -> list[str]:
         raise ValueError(f"node config `partition-ids` must lie in 0..{num_clients - 1} "
                          f"(data.num_clients = {num_clients}). Found {raw!r}.")  # fmt: skip
     return [str(i) for i in ids]
+
+
+def owner_budget(node_config: dict[str, Any], config_budget: float) -> float:
+    """The owner's ε budget: node config ``epsilon-budget``, never the server's word. Only a
+    node that follows the config's noise (``noise = "config"``: tests and loopback runs, where
+    one person holds every node) may take the config's budget instead."""
+    raw = node_config.get("epsilon-budget")
+    if raw is None:
+        if str(node_config.get("noise", "secure")) == "config":
+            return config_budget
+        raise ValueError(
+            "node config needs `epsilon-budget`: the data owner's own ε budget, which this node "
+            "enforces whatever the server asks (e.g. epsilon-budget = 3.0)."
+        )
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"node config `epsilon-budget` must be a number > 0. Found {raw!r}.")
+    return value
+
+
+def own_files(node_config: dict[str, Any], cids: list[str]) -> dict[int, str] | None:
+    """``data-path``: the owner's own file, the shard of its one client (``partition-id``).
+    Without it the node takes its clients' partitions of the config's (built-in) dataset."""
+    path = node_config.get("data-path")
+    if path is None:
+        return None
+    if len(cids) != 1:
+        raise ValueError(
+            "node config `data-path` is one client's records: give one `partition-id` with it. "
+            f"Found partition ids {','.join(cids)}."
+        )
+    if not Path(str(path)).is_file():
+        raise ValueError(f"node config `data-path` is not a file on this node. Found {path!r}.")
+    return {int(cids[0]): str(path)}
 
 
 def _expected(header: dict[str, Any], node_pid: int) -> bool:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..client import Client, Trainer
 from ..config import ConfigError, Experiment
-from ..data.load import load_data
+from ..data.load import load_data, load_records
 from ..data.partition import label_histogram, partition
 from ..data.tensors import TensorData
 from ..methods import ClientSpec, Method, make_method
@@ -120,7 +120,7 @@ def _install_prefix_cache(setup: Setup) -> None:
         sets = [c.data for c in setup.clients if c.data is not None] + [setup.eval_data]
         if setup.public is not None:
             sets.append(setup.public)
-        prefix.precompute(d.input_ids for d in sets)
+        prefix.precompute(d.input_ids for d in sets if len(d))
 
 
 def adapt_model(cfg: Experiment, method: Method, built: BuiltModel) -> nn.Module:
@@ -143,26 +143,72 @@ def _remote_histogram(cfg: Experiment, shards: list[ShardInfo]) -> np.ndarray:
     return hist
 
 
-def build_setup(cfg: Experiment, *, remote: list[ShardInfo] | None = None) -> Setup:
-    """The run's objects. ``remote``: the clients' shards live with their owners (a
-    deployment's server): no partition is computed and the clients hold no data; their sizes
-    and label counts are the ones the owners reported, in client order."""
-    method = make_method(cfg.method, seed=cfg.seed)
-    built = build_model(cfg.model, seed=cfg.seed)
+def _owner_clients(cfg: Experiment, method: Method, built: BuiltModel, own: dict[int, str]):
+    """A data owner's node with its own files: client index -> that file's records."""
+    if method.public_fraction() > 0:
+        raise ConfigError(
+            f"method {cfg.method.name!r} marks a public share of the pooled training data, which "
+            "a node with its own `data-path` does not have. Use partition ids of a built-in set."
+        )
+    if method.ranks_need_all_sizes():
+        raise ConfigError(
+            "`method.rank_rule` = 'shard_size' sets ranks from every shard's size, which a node "
+            "with its own `data-path` does not know. Use method.rank_rule=cycle (or ranks)."
+        )
+    data = {k: load_records(path, cfg.data, cfg.model, built.tokenizer) for k, path in own.items()}
+    clients = []
+    for k, shard in sorted(data.items()):
+        n, t = len(shard), cfg.train
+        q = client_rate(cfg, k, n)
+        steps = math.ceil(t.local_epochs / q) if t.local_epochs > 0 else t.local_steps
+        clients.append(
+            Client(ClientSpec(str(k), k, n, method.client_rank(k, n, ())), shard, q, steps)
+        )
+    return clients
+
+
+def _load(cfg: Experiment, method: Method, built: BuiltModel, remote, own):
+    """(clients, held-out data, public share, label histogram, left-out count)."""
+    if own is not None:
+        clients = _owner_clients(cfg, method, built, own)
+        labels = [c.data.class_labels for c in clients]
+        width = max(cfg.model.num_labels, *(int(x.max()) + 1 for x in labels))
+        hist = np.stack([np.bincount(x, minlength=width) for x in labels])
+        # a node evaluates nothing: its held-out set is empty
+        return clients, clients[0].data.subset([]), None, hist, 0
     train, eval_data = load_data(cfg.data, cfg.model, seed=cfg.seed, tokenizer=built.tokenizer)
     public, train = _split_public(cfg, method, train)
-    if remote is None:
-        shards = partition(train.class_labels, cfg.data, seed=cfg.seed, groups=train.groups)
-        labels = train.class_labels
-        width = max(cfg.model.num_labels, int(labels.max()) + 1)
-        histogram = label_histogram(labels, shards, width)
-        sizes = [len(s) for s in shards]
-        left_out = len(train) - sum(sizes) if cfg.data.partition.kind == "by_column" else 0
-        clients = _clients(cfg, method, train, shards, sizes)
-    else:
-        sizes, left_out = [s.num_examples for s in remote], 0
-        histogram = _remote_histogram(cfg, remote)
+    if remote is not None:
+        # a deployment's server: the owners' reported sizes; its copy of the pool is dropped
+        sizes = [s.num_examples for s in remote]
         clients = _clients(cfg, method, None, None, sizes)
+        return clients, eval_data, public, _remote_histogram(cfg, remote), 0
+    shards = partition(train.class_labels, cfg.data, seed=cfg.seed, groups=train.groups)
+    labels = train.class_labels
+    histogram = label_histogram(labels, shards, max(cfg.model.num_labels, int(labels.max()) + 1))
+    sizes = [len(s) for s in shards]
+    left_out = len(train) - sum(sizes) if cfg.data.partition.kind == "by_column" else 0
+    return _clients(cfg, method, train, shards, sizes), eval_data, public, histogram, left_out
+
+
+def build_setup(
+    cfg: Experiment,
+    *,
+    remote: list[ShardInfo] | None = None,
+    own: dict[int, str] | None = None,
+) -> Setup:
+    """The run's objects.
+
+    - ``remote``: the clients' shards live with their owners (a deployment's server): no
+      partition is computed and the clients hold no data; their sizes and label counts are the
+      ones the owners reported, in client order.
+    - ``own``: a data owner's node holding its own files (client index -> path): only those
+      clients exist, each with every record of its file; ``data.name`` is never read.
+    """
+    method = make_method(cfg.method, seed=cfg.seed)
+    built = build_model(cfg.model, seed=cfg.seed)
+    clients, eval_data, public, histogram, left_out = _load(cfg, method, built, remote, own)
+    sizes = [c.spec.num_examples for c in clients]
     warnings = shard_warnings(cfg, sizes, [c.sampling_rate for c in clients], left_out)
     model = adapt_model(cfg, method, built)
     setup = Setup(cfg, method, built, model, None, clients, eval_data, public, histogram, warnings)  # type: ignore[arg-type]

@@ -87,6 +87,11 @@ class Method:
     def client_rank(self, index: int, num_examples: int, sizes: Sequence[int] = ()) -> int:
         return self.cfg.rank
 
+    def ranks_need_all_sizes(self) -> bool:
+        """Whether a client's rank depends on the other shards' sizes (a data owner's node
+        holding only its own file cannot compute it)."""
+        return False
+
     def scaling(self, client: ClientSpec | None = None) -> float:
         return lora_scaling(self.cfg.alpha, self.cfg.rank, self.cfg.rslora)
 

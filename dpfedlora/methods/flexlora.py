@@ -52,6 +52,9 @@ class FlexLoRA(LoRAMethod):
         ranks = self._ranks()
         return ranks[index % len(ranks)]
 
+    def ranks_need_all_sizes(self) -> bool:
+        return self.cfg.rank_rule == "shard_size"
+
     def scaling(self, client: ClientSpec | None = None) -> float:
         rank = client.rank if client is not None else self.max_rank()
         return lora_scaling(self.cfg.alpha, rank, self.cfg.rslora)

