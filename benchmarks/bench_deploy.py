@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             up = time.perf_counter() - t0
             dep = fed.run(args.config, tmp / "dep", overrides=args.overrides)
         dep_total = time.perf_counter() - t0
-        same = dep["final"] == sim["final"] and dep["max_epsilon"] == sim["max_epsilon"]
+        # torch threads differ (each node gets its share of the cores), so float sums may
+        # differ in the last bits; the ε must be identical
+        gap = max(abs(dep["final"][k] - v) for k, v in sim["final"].items())
+        same = gap <= 1e-6 and dep["max_epsilon"] == sim["max_epsilon"]
         a, b = _rounds(tmp / "sim"), _rounds(tmp / "dep")
     print(f"config {args.config} ({cfg.data.num_clients} clients, {args.supernodes} SuperNodes)")
     print(f"  in-process: rounds {', '.join(f'{x:.2f}' for x in a)} s; median "
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  median round, deployed / in-process: {statistics.median(b) / statistics.median(a):.2f}x"
     )
-    print(f"  same final metrics and ε: {same}")
+    print(f"  same ε: {dep['max_epsilon'] == sim['max_epsilon']}; final metrics differ by at most "
+          f"{gap:.2e}")  # fmt: skip
     return 0 if same else 1
 
 

@@ -100,8 +100,16 @@ def cmd_local(args: argparse.Namespace) -> int:
         )
     from ..deploy.local import LocalFederation, require_flower
 
-    require_flower()
     out = Path(args.out or f"runs/{cfg.name}-{cfg.method.name}-deploy").resolve()
+    if (out / "checkpoint" / "state.pt").exists():
+        raise CLIError(f"argument --out: {out} already holds a run. Choose another --out.")
+    if (out / "deployment").exists():
+        # it holds the nodes' own ledgers: never reused for another run, never deleted here
+        raise CLIError(
+            f"argument --out: {out / 'deployment'} exists (the nodes' ledgers of an earlier "
+            "deployment). Remove it or choose another --out."
+        )
+    require_flower()
 
     def log(line: str) -> None:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -114,6 +122,10 @@ def cmd_local(args: argparse.Namespace) -> int:
         with LocalFederation(
             out / "deployment", args.supernodes, cfg.data.num_clients, log=log, noise=noise
         ) as fed:
+            log(
+                f"federation up: SuperLink on 127.0.0.1:{fed.port} (TLS, SuperNode "
+                f"authentication), {args.supernodes} SuperNodes; logs in {out / 'deployment'}"
+            )
             summary = fed.run(
                 args.config, out, overrides=args.overrides, round_timeout=args.round_timeout
             )

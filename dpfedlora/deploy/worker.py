@@ -81,7 +81,7 @@ class Worker:
         cfg = owner_config(cfg_data, node_config)
         cids = partition_ids(node_config, cfg.data.num_clients)
         self._key, self._clients = None, {}  # one model in memory: drop the old set-up first
-        setup = build_setup(cfg, own=own_files(node_config, cids))
+        setup = build_setup(cfg, own=own_files(node_config, cids), holds=set(cids))
         p = cfg.privacy
         # one ledger for the node's clients (records are per client): the owner's disk
         ledger = (

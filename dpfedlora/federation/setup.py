@@ -167,7 +167,7 @@ def _owner_clients(cfg: Experiment, method: Method, built: BuiltModel, own: dict
     return clients
 
 
-def _load(cfg: Experiment, method: Method, built: BuiltModel, remote, own):
+def _load(cfg: Experiment, method: Method, built: BuiltModel, remote, own, holds):
     """(clients, held-out data, public share, label histogram, left-out count)."""
     if own is not None:
         clients = _owner_clients(cfg, method, built, own)
@@ -188,7 +188,13 @@ def _load(cfg: Experiment, method: Method, built: BuiltModel, remote, own):
     histogram = label_histogram(labels, shards, max(cfg.model.num_labels, int(labels.max()) + 1))
     sizes = [len(s) for s in shards]
     left_out = len(train) - sum(sizes) if cfg.data.partition.kind == "by_column" else 0
-    return _clients(cfg, method, train, shards, sizes), eval_data, public, histogram, left_out
+    clients = _clients(cfg, method, train, shards, sizes)
+    if holds is not None:
+        # a node keeps only its own clients' shards and evaluates nothing
+        for c in clients:
+            c.data = c.data if c.spec.cid in holds else None
+        eval_data = eval_data.subset([])
+    return clients, eval_data, public, histogram, left_out
 
 
 def build_setup(
@@ -196,6 +202,7 @@ def build_setup(
     *,
     remote: list[ShardInfo] | None = None,
     own: dict[int, str] | None = None,
+    holds: set[str] | None = None,
 ) -> Setup:
     """The run's objects.
 
@@ -204,10 +211,13 @@ def build_setup(
       ones the owners reported, in client order.
     - ``own``: a data owner's node holding its own files (client index -> path): only those
       clients exist, each with every record of its file; ``data.name`` is never read.
+    - ``holds``: a data owner's node holding partitions of the config's dataset: the same
+      split and shards as a simulation, but only these clients keep their data (and only
+      theirs goes through the frozen-prefix cache); no held-out set is kept.
     """
     method = make_method(cfg.method, seed=cfg.seed)
     built = build_model(cfg.model, seed=cfg.seed)
-    clients, eval_data, public, histogram, left_out = _load(cfg, method, built, remote, own)
+    clients, eval_data, public, histogram, left_out = _load(cfg, method, built, remote, own, holds)
     sizes = [c.spec.num_examples for c in clients]
     warnings = shard_warnings(cfg, sizes, [c.sampling_rate for c in clients], left_out)
     model = adapt_model(cfg, method, built)

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -165,48 +164,4 @@ def test_a_node_refuses_requests_beyond_its_own_budget(tmp_path):
             assert mirror[cid] == own_recs
     eps = summary["epsilon_per_client"]
     assert eps["1"] < 2.5 < eps["0"]
-    _assert_nothing_left(deployment)
-
-
-def test_a_killed_supernode_misses_rounds_and_continues_with_its_own_ledger(tmp_path):
-    """SIGKILL node 1 while it trains round 2; the run goes on without it after the round
-    timeout; restarted (same key, same state directory), it serves later rounds and its ledger
-    keeps every release it recorded. The server's mirror never under-counts."""
-    from dpfedlora.deploy.local import LocalFederation
-
-    deployment = tmp_path / "deployment"
-    ledger1 = deployment / "nodes" / "node-1" / "ledger.jsonl"
-    overrides = ["server.rounds=6", "train.local_steps=40"]
-    with LocalFederation(deployment, 2, 4, log=_quiet) as fed:
-        result: dict = {}
-        runner = threading.Thread(
-            target=lambda: result.update(
-                fed.run(TINY, tmp_path / "dep", overrides=overrides, round_timeout=20)
-            )
-        )
-        runner.start()
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not any(
-            r["round"] == 2 for r in (_records(ledger1) if ledger1.exists() else [])
-        ):
-            time.sleep(0.05)
-        fed.kill_node(1)  # mid-round 2: its release is recorded, its training under way
-        fed.restart_node(1)
-        runner.join(timeout=900)
-        assert not runner.is_alive()
-    assert result["rounds_completed"] == 6
-    missing = {(f["round"], f["cid"]) for f in result["faulty_clients"]}
-    assert {(2, "1"), (2, "3")} <= missing  # the summary names who was missing
-    rows = _records(tmp_path / "dep" / "metrics.jsonl")
-    assert rows[-1]["clients"] == 4, "the restarted node served the last round"
-    own = _by_client(_records(ledger1))
-    mirror = _by_client(_records(tmp_path / "dep" / "ledger.jsonl"))
-    for cid in ("1", "3"):
-        rounds = [r["round"] for r in own[cid]]
-        assert rounds == sorted(set(rounds)), "one record per round, never lost"
-        assert 2 in rounds and 6 in rounds
-        # every release the owner recorded is in the server's mirror (never under-counted)
-        assert {r["round"] for r in own[cid]} <= {r["round"] for r in mirror[cid]}
-    for cid in ("0", "2"):
-        assert [r["round"] for r in mirror[cid]] == [1, 2, 3, 4, 5, 6]
     _assert_nothing_left(deployment)

@@ -269,3 +269,15 @@ def test_a_data_path_node_holds_one_client_and_a_real_file():
 
 def _records(path):
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_deploy_local_never_reuses_an_earlier_deployment(tmp_path, capsys):
+    """The nodes' ledgers of an earlier deployment are neither reused nor deleted."""
+    from dpfedlora.cli import main
+    from tests.helpers import TINY
+
+    (tmp_path / "out" / "deployment" / "nodes").mkdir(parents=True)
+    code = main(["deploy", "local", str(TINY), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "deployment" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "out" / "deployment" / "nodes").is_dir()
