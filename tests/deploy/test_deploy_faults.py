@@ -28,7 +28,10 @@ def test_a_killed_supernode_misses_rounds_and_continues_with_its_own_ledger(tmp_
 
     deployment = tmp_path / "deployment"
     ledger1 = deployment / "nodes" / "node-1" / "ledger.jsonl"
-    overrides = ["server.rounds=6", "train.local_steps=40"]
+    # enough rounds that the run outlasts the restart (with node authentication the SuperLink
+    # refuses the node's key for about a minute after the kill)
+    rounds = 25
+    overrides = [f"server.rounds={rounds}"]
     with LocalFederation(deployment, 2, 4, log=_quiet) as fed:
         result: dict = {}
         runner = threading.Thread(
@@ -44,23 +47,26 @@ def test_a_killed_supernode_misses_rounds_and_continues_with_its_own_ledger(tmp_
             time.sleep(0.05)
         fed.kill_node(1)  # mid-round 2: its release is recorded, its training under way
         fed.restart_node(1)
-        runner.join(timeout=900)
+        back = len(_records(tmp_path / "dep" / "metrics.jsonl"))  # rounds done by then
+        runner.join(timeout=1200)
         assert not runner.is_alive()
-    assert result["rounds_completed"] == 6
+    assert result["rounds_completed"] == rounds
     missing = {(f["round"], f["cid"]) for f in result["faulty_clients"]}
     assert {(2, "1"), (2, "3")} <= missing  # the summary names who was missing
     rows = _records(tmp_path / "dep" / "metrics.jsonl")
-    assert rows[-1]["clients"] == 4, "the restarted node served the last round"
+    assert back + 2 < rounds, "the restart outlasted the run; raise `rounds`"
+    # the round in flight when the node came back may have been sent before: skip it
+    assert any(r["clients"] == 4 for r in rows[back + 1 :]), "the restarted node serves again"
     own = _by_client(_records(ledger1))
     mirror = _by_client(_records(tmp_path / "dep" / "ledger.jsonl"))
     for cid in ("1", "3"):
-        rounds = [r["round"] for r in own[cid]]
-        assert rounds == sorted(set(rounds)), "one record per round, never lost"
-        assert 2 in rounds and 6 in rounds
+        seen = [r["round"] for r in own[cid]]
+        assert seen == sorted(set(seen)), "one record per round, never lost"
+        assert 2 in seen and seen[-1] > back + 1
         # every release the owner recorded is in the server's mirror (never under-counted)
         assert {r["round"] for r in own[cid]} <= {r["round"] for r in mirror[cid]}
     for cid in ("0", "2"):
-        assert [r["round"] for r in mirror[cid]] == [1, 2, 3, 4, 5, 6]
+        assert [r["round"] for r in mirror[cid]] == list(range(1, rounds + 1))
     _assert_nothing_left(deployment)
 
 

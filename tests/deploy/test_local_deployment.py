@@ -70,6 +70,30 @@ def _assert_nothing_left(deployment: Path) -> None:
     assert not left, f"processes left running: {left}"
 
 
+def _listening_addresses(pids: list[int]) -> list[str]:
+    """The local addresses of every listening TCP socket these processes hold (Linux /proc)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                found.append(cols[1])
+    return found
+
+
 def _assert_same_run(sim: Path, dep: Path, sim_summary: dict, dep_summary: dict) -> None:
     assert dep_summary["final"] == pytest.approx(sim_summary["final"], abs=1e-6)
     assert dep_summary["max_epsilon"] == pytest.approx(sim_summary["max_epsilon"], abs=1e-9)
@@ -144,6 +168,15 @@ def test_a_node_refuses_requests_beyond_its_own_budget(tmp_path):
     deployment = tmp_path / "deployment"
     with LocalFederation(deployment, 2, 4, log=_quiet, epsilon_budgets={1: 2.5}) as fed:
         summary = fed.run(TINY, tmp_path / "dep")
+        # every listener of the federation (SuperLink, SuperNodes, workers) is on loopback
+        from dpfedlora.deploy.local import leftover_pids
+
+        ours = [*fed.pids(), *leftover_pids(deployment)]
+        listening = _listening_addresses(ours)
+        assert len(listening) >= 3  # the SuperLink and each SuperNode's runtime API
+        assert all(
+            a.startswith(("0100007F:", "00000000000000000000000001000000:")) for a in listening
+        ), listening
     node1 = _records(deployment / "nodes" / "node-1" / "ledger.jsonl")
     assert sorted((r["client"], r["round"]) for r in node1) == [("1", 1), ("3", 1)]
     node0 = _records(deployment / "nodes" / "node-0" / "ledger.jsonl")
