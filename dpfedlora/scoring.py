@@ -22,7 +22,7 @@ def held_out(run_dir: str | Path, data_file: str | None = None) -> TensorData:
     cfg = load_config(Path(run_dir) / "config.yaml")
     tokenizer = build_model(cfg.model, seed=cfg.seed).tokenizer
     if data_file is None:
-        return load_data(cfg.data, cfg.model, seed=cfg.seed, tokenizer=tokenizer)[1]
+        return load_data(cfg.data, cfg.model, seed=cfg.data_seed, tokenizer=tokenizer)[1]
     data_cfg = replace(cfg.data, name=str(data_file))
     rows, _ = read_source(data_cfg)
     return tokenize(rows, data_cfg, cfg.model, tokenizer)

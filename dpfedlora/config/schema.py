@@ -188,10 +188,16 @@ class DataConfig:
     eval_fraction: float = 0.2  # held-out share (stratified, seeded) when there is no split
     num_clients: int = 4
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+    # the split (held-out, public share, subsample) and the partition over clients; None: `seed`.
+    # Separate from `seed` (noise, sampling, initialisation) so that a sweep can vary training
+    # randomness on a fixed split, or the split alone.
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"`data.name` must be a dataset id or path. Found {self.name!r}.")
+        if self.seed is not None:
+            check_int("data.seed", self.seed, minimum=0, fix="Or null to follow `seed`.")
         check_int("data.num_examples", self.num_examples, minimum=0, fix="0 means all.")
         check_number(
             "data.eval_fraction",
@@ -364,6 +370,11 @@ class Experiment:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data split and partition: ``data.seed``, else ``seed``."""
+        return self.seed if self.data.seed is None else self.data.seed
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, minimum=0)

@@ -89,7 +89,7 @@ def _split_public(cfg: Experiment, method: Method, train: TensorData):
     fraction = method.public_fraction()
     if fraction <= 0:
         return None, train
-    perm = np.random.default_rng(cfg.seed + 7919).permutation(len(train))
+    perm = np.random.default_rng(cfg.data_seed + 7919).permutation(len(train))
     k = max(1, int(fraction * len(train)))
     return train.subset(perm[:k]), train.subset(np.sort(perm[k:]))
 
@@ -176,14 +176,14 @@ def _load(cfg: Experiment, method: Method, built: BuiltModel, remote, own, holds
         hist = np.stack([np.bincount(x, minlength=width) for x in labels])
         # a node evaluates nothing: its held-out set is empty
         return clients, clients[0].data.subset([]), None, hist, 0
-    train, eval_data = load_data(cfg.data, cfg.model, seed=cfg.seed, tokenizer=built.tokenizer)
+    train, eval_data = load_data(cfg.data, cfg.model, seed=cfg.data_seed, tokenizer=built.tokenizer)
     public, train = _split_public(cfg, method, train)
     if remote is not None:
         # a deployment's server: the owners' reported sizes; its copy of the pool is dropped
         sizes = [s.num_examples for s in remote]
         clients = _clients(cfg, method, None, None, sizes)
         return clients, eval_data, public, _remote_histogram(cfg, remote), 0
-    shards = partition(train.class_labels, cfg.data, seed=cfg.seed, groups=train.groups)
+    shards = partition(train.class_labels, cfg.data, seed=cfg.data_seed, groups=train.groups)
     labels = train.class_labels
     histogram = label_histogram(labels, shards, max(cfg.model.num_labels, int(labels.max()) + 1))
     sizes = [len(s) for s in shards]

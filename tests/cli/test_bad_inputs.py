@@ -69,6 +69,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("physical-tokens", run("train.physical_batch_tokens=lots"), "train.physical_batch_tokens"),
     ("checkpointing", run("train.gradient_checkpointing=maybe"), "train.gradient_checkpointing"),
     ("plan-no-config", ["plan", "nosuch.yaml"], "CONFIG"),
+    ("data-seed-negative", run("data.seed=-1"), "data.seed"),
+    ("data-seed-float", run("data.seed=0.5"), "data.seed"),
     ("deploy-no-config", ["deploy", "local", "nosuch.yaml", "--out", "OUT"], "CONFIG"),
     ("deploy-nodes-zero", ["deploy", "local", TINY, "--supernodes", "0"], "--supernodes"),
     ("deploy-nodes-many", ["deploy", "local", TINY, "--supernodes", "5"], "data.num_clients"),
