@@ -94,19 +94,23 @@ def _split_public(cfg: Experiment, method: Method, train: TensorData):
     return train.subset(perm[:k]), train.subset(np.sort(perm[k:]))
 
 
+def _client(cfg: Experiment, index: int, n: int, rank: int, data: TensorData | None) -> Client:
+    """Client ``index`` with ``n`` records: its Poisson rate and local steps per round."""
+    q = client_rate(cfg, index, n)
+    t = cfg.train
+    steps = math.ceil(t.local_epochs / q) if t.local_epochs > 0 else t.local_steps
+    return Client(ClientSpec(str(index), index, n, rank), data, q, steps)
+
+
 def _clients(
     cfg: Experiment, method: Method, train: TensorData | None, shards, sizes: list[int]
 ) -> list[Client]:
     """One client per shard; with ``train`` None (a deployment's server) they hold no data."""
-    clients = []
-    for i, n in enumerate(sizes):
-        q = client_rate(cfg, i, n)
-        t = cfg.train
-        steps = math.ceil(t.local_epochs / q) if t.local_epochs > 0 else t.local_steps
-        spec = ClientSpec(str(i), i, n, method.client_rank(i, n, sizes))
-        data = None if train is None else train.subset(shards[i])
-        clients.append(Client(spec, data, q, steps))
-    return clients
+    return [
+        _client(cfg, i, n, method.client_rank(i, n, sizes),
+                None if train is None else train.subset(shards[i]))
+        for i, n in enumerate(sizes)
+    ]  # fmt: skip
 
 
 def _install_prefix_cache(setup: Setup) -> None:
@@ -156,15 +160,11 @@ def _owner_clients(cfg: Experiment, method: Method, built: BuiltModel, own: dict
             "with its own `data-path` does not know. Use method.rank_rule=cycle (or ranks)."
         )
     data = {k: load_records(path, cfg.data, cfg.model, built.tokenizer) for k, path in own.items()}
-    clients = []
-    for k, shard in sorted(data.items()):
-        n, t = len(shard), cfg.train
-        q = client_rate(cfg, k, n)
-        steps = math.ceil(t.local_epochs / q) if t.local_epochs > 0 else t.local_steps
-        clients.append(
-            Client(ClientSpec(str(k), k, n, method.client_rank(k, n, ())), shard, q, steps)
-        )
-    return clients
+    # a node knows no other shard: ranks that need every size were refused above
+    return [
+        _client(cfg, k, len(shard), method.client_rank(k, len(shard), ()), shard)
+        for k, shard in sorted(data.items())
+    ]
 
 
 def _load(cfg: Experiment, method: Method, built: BuiltModel, remote, own, holds):

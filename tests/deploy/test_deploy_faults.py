@@ -30,7 +30,7 @@ def test_a_killed_supernode_misses_rounds_and_continues_with_its_own_ledger(tmp_
     ledger1 = deployment / "nodes" / "node-1" / "ledger.jsonl"
     # enough rounds that the run outlasts the restart (with node authentication the SuperLink
     # refuses the node's key for about a minute after the kill)
-    rounds = 25
+    rounds = 16
     overrides = [f"server.rounds={rounds}"]
     with LocalFederation(deployment, 2, 4, log=_quiet) as fed:
         result: dict = {}
