@@ -33,7 +33,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import UserError
 from .certs import make_certificates
-from .protocol import pid_file
+from .protocol import pid_alive, pid_file
 
 __all__ = ["LocalFederation", "DeployLaunchError", "flower_env", "require_flower", "APP_DIR"]
 
@@ -105,6 +105,7 @@ class LocalFederation:
         self.noise = noise
         self.procs: dict[str, subprocess.Popen] = {}
         self.started: set[int] = set()
+        self.node_ports: dict[int, int] = {}
         self.port = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -177,8 +178,8 @@ class LocalFederation:
         (state / "node.toml").write_text(
             "".join(f"{k} = {_toml(v)}\n" for k, v in node_cfg.items())
         )
-        port = getattr(self, "_node_ports", {}).get(i) or _free_port()
-        self._node_ports = {**getattr(self, "_node_ports", {}), i: port}
+        # a restarted node keeps its Runtime API port
+        port = self.node_ports.setdefault(i, _free_port())
         # the nodes share this machine's cores: one node's torch threads each, not all of them
         # (oversubscribed OpenMP threads made a quickstart round 2.8x slower than in-process)
         threads = str(max(1, (os.cpu_count() or 1) // self.n))
@@ -356,9 +357,7 @@ def _kill_group(pid: int, sig: int) -> None:
 def _wait_gone(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):
             return
         time.sleep(0.1)
     _kill_group(pid, signal.SIGKILL)

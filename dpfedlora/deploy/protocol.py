@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["socket_path", "authkey", "send", "recv", "pid_file", "PROTOCOL"]
+__all__ = ["socket_path", "authkey", "send", "recv", "pid_file", "pid_alive", "PROTOCOL"]
 
 PROTOCOL = 2  # bumped when the frames change; a worker that differs is restarted
 MAX_FRAMES = 100_000  # payloads in one message: one per client the node holds
@@ -43,6 +43,17 @@ def socket_path(state_dir: str | Path) -> Path:
 
 def pid_file(state_dir: str | Path) -> Path:
     return Path(state_dir) / "worker.pid"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def authkey(state_dir: str | Path) -> bytes:

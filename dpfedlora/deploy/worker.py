@@ -31,19 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .protocol import PROTOCOL, authkey, pid_file, recv, send, socket_path
+from .protocol import PROTOCOL, authkey, pid_alive, pid_file, recv, send, socket_path
 
 __all__ = ["Worker", "main"]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def owner_config(cfg_data: dict[str, Any], node_config: dict[str, Any]):
@@ -211,7 +201,7 @@ def serve(state_dir: str, watch_pid: int, idle_timeout: float) -> None:
     def watchdog() -> None:
         while True:
             time.sleep(0.5)
-            gone = not _alive(watch_pid)
+            gone = not pid_alive(watch_pid)
             idle = time.monotonic() - last[0] > idle_timeout
             if (gone or idle) and busy.acquire(blocking=False):
                 print(f"worker exits: {'node gone' if gone else 'idle'}", flush=True)
