@@ -1,6 +1,6 @@
 """Torch-free privacy accounting for dpfedlora.
 
-Events describe releases, accountants (prv, pld, rdp) turn them into (ε, δ) upper bounds,
+Events describe releases, accountants (fastpld, prv, pld, rdp) turn them into (ε, δ) upper bounds,
 calibration finds the noise for a target ε, and the ledger records every release before it
 happens. This package never imports torch or opacus (a test checks it).
 
@@ -12,7 +12,13 @@ happens. This package never imports torch or opacus (a test checks it).
 """
 
 from .accountant import Accountant
-from .backends import BACKENDS, available_backends, make_accountant, register_backend
+from .backends import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    available_backends,
+    make_accountant,
+    register_backend,
+)
 from .calibrate import Calibration, CalibrationError, calibrate_dpsgd, noise_multiplier_for
 from .events import (
     EVENT_TYPES,
@@ -32,6 +38,7 @@ from .ledger import SCOPES, BudgetExceededError, Ledger, LedgerError, LedgerWarn
 __all__ = [
     "Accountant",
     "BACKENDS",
+    "DEFAULT_BACKEND",
     "available_backends",
     "make_accountant",
     "register_backend",

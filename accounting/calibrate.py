@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .accountant import check_delta
-from .backends import make_accountant
+from .backends import DEFAULT_BACKEND, make_accountant
 from .events import Event, dpsgd_event
 
 __all__ = ["Calibration", "CalibrationError", "noise_multiplier_for", "calibrate_dpsgd"]
@@ -45,7 +45,7 @@ def noise_multiplier_for(
     target_epsilon: float,
     delta: float,
     make_event: Callable[[float], Event],
-    accountant: str = "prv",
+    accountant: str = DEFAULT_BACKEND,
     rtol: float = 0.01,
     atol: float = 0.01,
     initial_guess: bool = True,
@@ -56,7 +56,7 @@ def noise_multiplier_for(
         target_epsilon: the ε budget, > 0 and finite.
         delta: target δ in (0, 1).
         make_event: σ -> the whole planned release (e.g. all DP-SGD steps of all rounds).
-        accountant: backend name ("prv", "pld", "rdp").
+        accountant: backend name ("fastpld", "prv", "pld", "rdp").
         rtol, atol: stop once ε(σ) >= target - max(rtol * target, atol).
         initial_guess: bracket from a (cheap) RDP calibration first; valid because RDP's ε is
             never below PLD's or PRV's.
@@ -139,7 +139,7 @@ def calibrate_dpsgd(
     delta: float,
     sampling_rate: float,
     steps: int,
-    accountant: str = "prv",
+    accountant: str = DEFAULT_BACKEND,
 ) -> Calibration:
     """σ for ``steps`` Poisson-sampled DP-SGD steps at rate ``sampling_rate``."""
     # Validate once up front so a bad q or step count is reported as such, not as a probe error.

@@ -183,6 +183,9 @@ def best_bound(history: History, delta: float, backend: str) -> Bound:
 
 
 def clear_caches() -> None:
+    from .pld_grid import step_pld
+
+    step_pld.cache_clear()
     _TIGHT.clear()
     rdp_epsilon.cache_clear()
     _step_curve.cache_clear()

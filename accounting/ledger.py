@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .accountant import check_delta
-from .backends import make_accountant
+from .backends import DEFAULT_BACKEND, make_accountant
 from .events import Event, EventFormatError, event_from_json, event_to_json, flatten
 from .history import History, best_bound, extend, rdp_epsilon
 
@@ -152,10 +152,10 @@ class Ledger:
 
     Args:
         path: the JSONL file (created on first append).
-        accountant: backend used for replay ("prv", "pld", "rdp").
+        accountant: backend used for replay ("fastpld", "prv", "pld", "rdp").
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, accountant: str = "prv") -> None:
+    def __init__(self, path: str | os.PathLike[str], *, accountant: str = DEFAULT_BACKEND) -> None:
         self.path = Path(path)
         self.accountant = accountant
         make_accountant(accountant)  # fail fast on an unknown backend name

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from accounting import (
+    DEFAULT_BACKEND,
     Ledger,
     LedgerError,
     available_backends,
@@ -102,9 +103,9 @@ def _add_common(p: argparse.ArgumentParser, *, with_delta: bool = True) -> None:
     p.add_argument(
         "--accountant",
         choices=available_backends(),
-        default=None if not with_delta else "prv",
-        help="accountant backend (default: prv, its upper bound; pld and rdp via dp-accounting;"
-        " for a run directory, the run's own)",
+        default=None if not with_delta else DEFAULT_BACKEND,
+        help=f"accountant backend (default: {DEFAULT_BACKEND}, our numpy PLD; prv its upper"
+        " bound; pld and rdp via dp-accounting; for a run directory, the run's own)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -281,7 +282,8 @@ def cmd_ledger(args: argparse.Namespace) -> int:
                 "ledger is written before the first release)."
             )
     args.delta = args.delta if args.delta is not None else float(settings.get("delta", 1e-5))
-    args.accountant = args.accountant or settings.get("accountant", "prv")
+    # a run directory from before fastpld names its accountant in its config
+    args.accountant = args.accountant or settings.get("accountant", DEFAULT_BACKEND)
 
     def replay() -> tuple[Ledger, dict[str, float]]:
         ledger = Ledger(path, accountant=args.accountant)

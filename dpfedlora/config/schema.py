@@ -238,7 +238,7 @@ class PrivacyConfig:
     noise_multiplier: float | None = None  # σ = noise std / clip norm; overrides calibration
     delta: float = 1e-5
     clip_norm: float = 1.0  # per-sample L2 clip C on exactly the trainable (sent) tensors
-    accountant: str = "prv"  # prv | pld | rdp
+    accountant: str = "fastpld"  # fastpld | prv | pld | rdp
     # hooks | ghost | auto (hooks unless their per-sample gradients do not fit; `dpfedlora
     # plan` and the run's start say which)
     grad_sample_mode: str = "auto"

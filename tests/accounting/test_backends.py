@@ -31,7 +31,7 @@ def test_prv_pld_agree_and_rdp_is_looser(q, sigma, steps):
     assert rdp >= pld
 
 
-@pytest.mark.parametrize("backend", ["prv", "pld", "rdp"])
+@pytest.mark.parametrize("backend", ["fastpld", "prv", "pld", "rdp"])
 def test_contract(backend):
     acc = make_accountant(backend)
     assert acc.epsilon(1e-5) == 0.0  # nothing composed yet
@@ -53,7 +53,7 @@ def test_contract(backend):
     assert acc.delta(1.0) == 1.0
 
 
-@pytest.mark.parametrize("backend", ["prv", "pld", "rdp"])
+@pytest.mark.parametrize("backend", ["fastpld", "prv", "pld", "rdp"])
 @pytest.mark.parametrize("bad", [0.0, 1.0, -1e-5, 2.0])
 def test_bad_delta_rejected(backend, bad):
     with pytest.raises(ValueError, match="delta"):
@@ -81,8 +81,10 @@ def test_composed_sequence_equals_sequential_composition():
 
 
 def test_registry():
-    assert available_backends() == ["pld", "prv", "rdp"]
-    with pytest.raises(ValueError, match="`accountant` must be one of pld, prv, rdp. Found 'gdp'"):
+    assert available_backends() == ["fastpld", "pld", "prv", "rdp"]
+    with pytest.raises(
+        ValueError, match="`accountant` must be one of fastpld, pld, prv, rdp. Found 'gdp'"
+    ):
         make_accountant("gdp")
     with pytest.raises(ValueError, match="already registered"):
         register_backend("prv", lambda: None)

@@ -80,7 +80,7 @@ def test_cli_json(tmp_path):
         sampling_rate=data["sampling_rate"],
         steps=data["steps"],
     )
-    upper = make_accountant("prv").compose(event).epsilon(data["delta"])
+    upper = make_accountant("fastpld").compose(event).epsilon(data["delta"])
     assert data["epsilon_upper"] == pytest.approx(upper, rel=1e-6) and upper <= 4.0
     assert (
         json.loads((tmp_path / "a" / "audit.json").read_text())["epsilon_lower"]

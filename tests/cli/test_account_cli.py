@@ -30,7 +30,7 @@ def test_epsilon_json_matches_reference():
     data = json.loads(out.stdout)
     assert set(data) == {"epsilon", "delta", "accountant"}
     assert 1.80 <= data["epsilon"] <= 1.85
-    assert data["accountant"] == "prv" and data["delta"] == 1e-5
+    assert data["accountant"] == "fastpld" and data["delta"] == 1e-5
 
 
 def test_calibrate_json():

@@ -43,7 +43,7 @@ def test_run_cli_json_summary(tmp_path):
 
     ckpt = torch.load(tmp_path / "r" / "checkpoint" / "state.pt", weights_only=False)
     assert ckpt["config_hash"] == config_hash(saved) and ckpt["round"] == 2
-    ledger = Ledger(tmp_path / "r" / "ledger.jsonl", accountant="prv")
+    ledger = Ledger(tmp_path / "r" / "ledger.jsonl", accountant="fastpld")
     assert len(ledger) == 4 * 2
     assert ledger.max_epsilon(delta=summary["delta"]) == summary["max_epsilon"]
     rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]

@@ -22,6 +22,6 @@ def test_bench_scale_smallest_size_runs_within_budget():
     dp, plain = runs["dp"], runs["none"]
     assert dp["clients"] == plain["clients"] == 100 and dp["distinct_q"] == 1
     assert 0 < dp["max_epsilon"] <= 3.0 and math.isinf(plain["max_epsilon"])
-    assert dp["accountant_used"] == "prv"
+    assert dp["accountant_used"] == "fastpld"
     assert 0 < dp["accounting_share"] < 1 and plain["accounting_s"] < 0.01  # nothing to account
     assert dp["ledger_replay_s"] > 0 and dp["peak_rss_mb"] > 0
