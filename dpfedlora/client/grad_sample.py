@@ -3,7 +3,8 @@
 A mode says how the shared model is wrapped for per-sample gradients, which DP optimizer clips
 and noises them, and how one logical DP step runs on a Poisson batch:
 
-* ``hooks`` (Opacus's ``GradSampleModule``): per-sample gradients materialised by hooks; the
+* ``hooks``: per-sample gradients materialised by hooks (our tensor hooks when every trainable
+  tensor is in an ``nn.Linear``, :mod:`.linear_grads`; Opacus's ``GradSampleModule`` otherwise); the
   batch may run in length-sorted physical chunks (``train.physical_batch_tokens``) whose clipped
   gradients accumulate before the one noised step (as Opacus's ``BatchMemoryManager``).
 * ``ghost`` (Opacus's fast gradient clipping): per-sample norms without per-sample gradients, two
@@ -20,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from opacus import GradSampleModule
 from torch import nn
 
 from ..config import PrivacyConfig
 from ..data.tensors import TensorData
-from .dp_optimizer import SourcedDPOptimizer, SourcedGhostDPOptimizer
+from .dp_optimizer import FusedDPOptimizer, SourcedGhostDPOptimizer
 
 __all__ = [
     "GradSampleMode",
@@ -61,8 +63,12 @@ class GradSampleMode:
 
 
 def _wrap_hooks(model: nn.Module, privacy: PrivacyConfig) -> nn.Module:
-    from opacus import GradSampleModule
+    from .linear_grads import LinearGradSampler, supported
 
+    # The same per-sample gradients either way (a test compares them); ours skips the module
+    # full backward hooks that dominate Opacus's per-step cost on small models.
+    if supported(model):
+        return LinearGradSampler(model, loss_reduction="mean")
     return GradSampleModule(model, batch_first=True, loss_reduction="mean")
 
 
@@ -87,10 +93,13 @@ def _hooks_step(trainer, optimizer, batch: TensorData) -> float:
         # Private: Opacus rescales a chunk's mean loss by the chunk size, so every example's
         # gradient is exact. Non-private: the chunks' gradients add up to the batch mean.
         loss = per_example.mean() if trainer.private else per_example.sum() / len(batch)
-        with warnings.catch_warnings():
-            # Opacus's full backward hooks warn when no *input* requires grad; with frozen
-            # embeddings that is always the case and harmless (parameter grads are exact).
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        if isinstance(trainer.wrapped, GradSampleModule):
+            with warnings.catch_warnings():
+                # Opacus's full backward hooks warn when no *input* requires grad; with frozen
+                # embeddings that is always the case and harmless (parameter grads are exact).
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                loss.backward()
+        else:  # our tensor hooks and plain models: nothing to silence
             loss.backward()
         if trainer.private and i < len(chunks) - 1:
             # As Opacus's BatchMemoryManager: clip this chunk's per-sample gradients into the
@@ -141,7 +150,7 @@ def register_grad_sample_mode(mode: GradSampleMode) -> GradSampleMode:
 
 
 register_grad_sample_mode(
-    GradSampleMode("hooks", _wrap_hooks, SourcedDPOptimizer, _hooks_step, auditable=True)
+    GradSampleMode("hooks", _wrap_hooks, FusedDPOptimizer, _hooks_step, auditable=True)
 )
 register_grad_sample_mode(
     GradSampleMode("ghost", _wrap_ghost, SourcedGhostDPOptimizer, _ghost_step)
