@@ -26,11 +26,18 @@ def evaluate(
     num_labels: int,
     batch_size: int = 256,
     label_token_ids: list[int] | None = None,
+    calibration: TensorData | None = None,
 ) -> dict[str, float]:
-    """The task's metrics of ``model`` on ``data`` (see :mod:`dpfedlora.tasks`)."""
+    """The task's metrics of ``model`` on ``data`` (see :mod:`dpfedlora.tasks`); label words
+    are calibrated on ``calibration``'s content-free inputs when given."""
     spec = TASKS[task]
     was_training = model.training
     model.eval()
+    log_prior = None
+    if calibration is not None and label_token_ids:
+        from .calibration import label_log_prior
+
+        log_prior = label_log_prior(model, calibration, label_token_ids)
     losses, preds = [], []
     # Batches of similar length waste little on padding; results are put back in data order.
     order = torch.argsort(data.attention_mask.sum(1), stable=True)
@@ -40,7 +47,7 @@ def evaluate(
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         # the loss functions call model(...).logits: hand them this forward's output
         losses.append(spec.loss(lambda _o=out, **_: _o, batch).float().cpu())
-        pred = spec.predict(out.logits, batch, label_token_ids)
+        pred = spec.predict(out.logits, batch, label_token_ids, log_prior=log_prior)
         if pred is not None:
             preds.append(pred.cpu())
     model.train(was_training)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from .calibration import calibration_inputs
 from .config import load_config
 from .data.load import load_data, tokenize
 from .data.sources import read_source
@@ -42,4 +43,5 @@ def score_export(run_dir: str | Path, out: str | Path, *, data_file: str | None 
         task=cfg.model.task,
         num_labels=cfg.model.num_labels,
         label_token_ids=ids,
+        calibration=calibration_inputs(tokenizer, cfg.data, cfg.model),
     )

@@ -38,7 +38,8 @@ class Task:
     tokenize: Callable[[Rows, DataConfig, ModelConfig, Any], TensorData]
     synthetic: Callable[[torch.Tensor, torch.Tensor, np.ndarray], TensorData]
     columns: Callable[[DataConfig], list[tuple[str, str]]]  # (config key, column) it reads
-    predict: Callable[[torch.Tensor, TensorData, list[int] | None], torch.Tensor | None]
+    # (logits, batch, label token ids, log prior of the label words or None) -> predictions
+    predict: Callable[..., torch.Tensor | None]
     metrics: Callable[[float, np.ndarray | None, TensorData, int, list[int] | None], dict]
     auto_class: str  # transformers Auto class for pretrained weights
     tiny_llama_class: str  # the class builtin:tiny-llama is built as
@@ -127,13 +128,17 @@ def _causal_lm_synthetic(ids: torch.Tensor, mask: torch.Tensor, classes) -> Tens
     return TensorData(ids, mask, lm, None, classes)
 
 
-def _label_word_predictions(logits, batch: TensorData, ids: list[int] | None):
-    """Class whose label word's first token is most likely where the answer starts."""
+def _label_word_predictions(logits, batch: TensorData, ids: list[int] | None, log_prior=None):
+    """Class whose label word's first token is most likely where the answer starts (divided
+    by the content-free prior when ``log_prior`` is given: :mod:`dpfedlora.calibration`)."""
     if not ids:
         return None
     first = (batch.labels != -100).int().argmax(1)  # first response position
     at = logits[torch.arange(len(batch)), (first - 1).clamp(min=0)]
-    return at[:, ids].argmax(-1)
+    scores = at[:, ids].float().log_softmax(-1)
+    if log_prior is not None:
+        scores = scores - log_prior.to(scores.device)
+    return scores.argmax(-1)
 
 
 def _causal_lm_metrics(loss, pred, data, num_labels, label_token_ids) -> dict:
@@ -164,7 +169,7 @@ register_task(
             ids, mask, torch.from_numpy(classes), None, classes
         ),
         columns=lambda d: [("text_column", d.text_column), ("label_column", d.label_column)],
-        predict=lambda logits, batch, ids: logits.argmax(-1),
+        predict=lambda logits, batch, ids, log_prior=None: logits.argmax(-1),
         metrics=_classification_metrics,
         auto_class="AutoModelForSequenceClassification",
         tiny_llama_class="LlamaForSequenceClassification",

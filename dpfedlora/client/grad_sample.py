@@ -58,6 +58,8 @@ class GradSampleMode:
     optimizer_cls: type
     # (trainer, optimizer, batch) -> mean training loss of the batch
     step: Callable[[Any, torch.optim.Optimizer, TensorData], float]
+    # params -> None: what the DP optimizer reads for an empty Poisson batch (noise only)
+    empty_batch: Callable[[list[nn.Parameter]], None] = lambda params: None
     # the audits instrument the DP optimizer's per-sample gradients (canaries, signed noise)
     auditable: bool = False
 
@@ -139,6 +141,19 @@ def _ghost_step(trainer, optimizer, batch: TensorData) -> float:
     return float(loss.detach())
 
 
+def _empty_hooks(params: list[nn.Parameter]) -> None:
+    for p in params:
+        p.grad_sample = p.new_zeros((0, *p.shape))
+
+
+def _empty_ghost(params: list[nn.Parameter]) -> None:
+    # ghost clipping reads per-sample norms and the clipped sum from .grad
+    for p in params:
+        p.grad_sample = p.new_zeros((0, *p.shape))
+        p._norm_sample = p.new_zeros((0,))
+        p.grad = torch.zeros_like(p)
+
+
 GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {}
 
 
@@ -150,8 +165,10 @@ def register_grad_sample_mode(mode: GradSampleMode) -> GradSampleMode:
 
 
 register_grad_sample_mode(
-    GradSampleMode("hooks", _wrap_hooks, FusedDPOptimizer, _hooks_step, auditable=True)
+    GradSampleMode(
+        "hooks", _wrap_hooks, FusedDPOptimizer, _hooks_step, _empty_hooks, auditable=True
+    )
 )
 register_grad_sample_mode(
-    GradSampleMode("ghost", _wrap_ghost, SourcedGhostDPOptimizer, _ghost_step)
+    GradSampleMode("ghost", _wrap_ghost, SourcedGhostDPOptimizer, _ghost_step, _empty_ghost)
 )

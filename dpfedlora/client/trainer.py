@@ -236,11 +236,6 @@ class Trainer:
             return self.mode.step(self, optimizer, batch.to(self.device))
         if not self.private:
             return None
-        ghost = self.mode.name == "ghost"
-        for p in params:  # zero per-sample gradients: the step adds noise only
-            p.grad_sample = p.new_zeros((0, *p.shape))
-            if ghost:  # ghost mode reads per-sample norms and the clipped sum from .grad
-                p._norm_sample = p.new_zeros((0,))
-                p.grad = torch.zeros_like(p)
+        self.mode.empty_batch(params)  # zero per-sample gradients: the step adds noise only
         optimizer.step()
         return None

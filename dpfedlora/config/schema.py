@@ -46,6 +46,7 @@ GRAD_SAMPLE_MODES = ("hooks", "ghost")  # plus "auto": chosen by the memory plan
 DTYPES = ("float32", "bfloat16", "float16")  # the frozen base's; adapters stay float32
 QUANTIZATIONS = ("none", "4bit", "8bit")  # bitsandbytes (optional extra)
 PROMPT_FORMATS = ("auto", "plain", "chat")  # prompts.PROMPT_FORMATS plus auto
+LABEL_CALIBRATIONS = ("none", "content_free")  # calibration.CALIBRATIONS
 OPTIMIZERS = ("sgd", "adamw")
 WEIGHTINGS = ("shard_size", "uniform")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -177,6 +178,9 @@ class DataConfig:
     text_column: str = "text"
     label_column: str = "label"
     label_names: tuple[str, ...] = ()  # string labels in class order, e.g. [ham, spam]
+    # causal LM label words: none (raw argmax) | content_free (divide out the prior the model
+    # gives the label words on content-free prompts; reads no data, no privacy cost)
+    label_calibration: str = "none"
     prompt_column: str = "prompt"  # causal LM: the loss is on the response tokens only
     # causal LM: a prompt built from text_column, e.g. "Is this spam or ham?\n\n{text}"; long
     # examples then lose the end of the text, never the instruction or the answer
@@ -208,6 +212,7 @@ class DataConfig:
             high_open=True,
         )
         check_int("data.num_clients", self.num_clients, minimum=1)
+        check_choice("data.label_calibration", self.label_calibration, LABEL_CALIBRATIONS)
         if self.prompt_template and self.prompt_template.count("{text}") != 1:
             raise ConfigError(
                 "`data.prompt_template` must contain {text} exactly once (where the text goes). "

@@ -360,6 +360,7 @@ class Federation:
             task=self.cfg.model.task,
             num_labels=self.cfg.model.num_labels,
             label_token_ids=self.setup.label_token_ids(),
+            calibration=self.setup.calibration_inputs(),
         )
 
     def _say_interrupted(self, rnd: int, signame: str | None) -> None:

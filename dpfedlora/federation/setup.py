@@ -62,6 +62,12 @@ class Setup:
         task = TASKS[self.cfg.model.task]
         return task.label_token_ids(self.tokenizer, self.cfg.data, self.cfg.model)
 
+    def calibration_inputs(self) -> TensorData | None:
+        """Content-free inputs for ``data.label_calibration`` (None: raw label-word argmax)."""
+        from ..calibration import calibration_inputs
+
+        return calibration_inputs(self.tokenizer, self.cfg.data, self.cfg.model)
+
 
 def client_rate(cfg: Experiment, index: int, n: int) -> float:
     """Client ``index``'s Poisson rate q (one ``train.sampling_rate``, or batch / shard size),
