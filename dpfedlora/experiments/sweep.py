@@ -8,6 +8,21 @@ A sweep file names a base config and a grid of dotted keys::
       privacy.target_epsilon: [1, 3, 8, inf]   # inf = non-private (privacy.mode=none)
       seed: [0, 1, 2]
 
+Settings that differ per method (Fed-SB's rank, each method's learning rate, a non-private
+rate) go in ``cases``: a list of fixed override mappings, each crossed with the grid. A key a case
+sets is dropped from the grid for that case, so a case may pin ``privacy.target_epsilon: inf``
+with its own learning rate::
+
+    cases:
+      - {method.name: fedit, train.lr: 0.01}
+      - {method.name: fedit, train.lr: 0.05, privacy.target_epsilon: inf}
+      - {method.name: fedsb, method.rank: 48, train.lr: 0.02}
+    grid:
+      privacy.target_epsilon: [1, 3, 8]
+      seed: [0, 1, 2]
+
+Cells with the same resolved config are run once.
+
 Each cell is a run directory ``<out>/cells/<config hash>``: its identity is the hash of the
 resolved config, so rerunning skips completed cells and resumes incomplete ones, and a changed
 base config yields new cells (reported, never mixed with the old results). Each cell runs in its
@@ -66,26 +81,40 @@ def load_sweep(path: str | Path) -> tuple[Path, list[Cell]]:
     """(base config path, cells) of a sweep file."""
     path = Path(path)
     spec = yaml.safe_load(path.read_text()) or {}
-    unknown = set(spec) - {"base", "grid", "name"}
+    unknown = set(spec) - {"base", "grid", "cases", "name"}
     if unknown:
-        raise ConfigError(f"unknown sweep key(s) {sorted(unknown)}. Allowed: base, grid, name.")
-    if "base" not in spec or not isinstance(spec.get("grid"), dict) or not spec["grid"]:
-        raise ConfigError(f"{path}: a sweep needs `base: CONFIG` and a non-empty `grid` mapping.")
+        raise ConfigError(
+            f"unknown sweep key(s) {sorted(unknown)}. Allowed: base, grid, cases, name."
+        )
+    grid = spec.get("grid", {}) or {}
+    cases = spec.get("cases", [{}]) or [{}]
+    if "base" not in spec or not isinstance(grid, dict) or not (grid or spec.get("cases")):
+        raise ConfigError(
+            f"{path}: a sweep needs `base: CONFIG` and a non-empty `grid` mapping or `cases` list."
+        )
+    if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
+        raise ConfigError(
+            f"{path}: `cases` must be a list of mappings (dotted key: value). Found {cases!r}."
+        )
     base = Path(spec["base"])
     base = base if base.is_absolute() else (path.parent / base).resolve()
     if not base.is_file():
         raise ConfigError(f"{path}: base config {str(base)!r} does not exist.")
-    keys = list(spec["grid"])
-    for k in keys:
-        if not isinstance(spec["grid"][k], list) or not spec["grid"][k]:
+    for k in grid:
+        if not isinstance(grid[k], list) or not grid[k]:
             raise ConfigError(f"grid key {k!r} needs a non-empty list of values.")
-    cells = []
-    for combo in itertools.product(*(spec["grid"][k] for k in keys)):
-        overrides: list[tuple[str, Any]] = []
-        for k, v in zip(keys, combo):
-            overrides += _cell_overrides(k, v)
-        cfg = load_config(base, nest_overrides(overrides))
-        cells.append(Cell(tuple(overrides), config_hash(cfg)))
+    cells, seen = [], set()
+    for case in cases:
+        keys = [k for k in grid if k not in case]  # the case's own value wins
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            overrides: list[tuple[str, Any]] = []
+            for k, v in [*case.items(), *zip(keys, combo)]:
+                overrides += _cell_overrides(k, v)
+            cfg = load_config(base, nest_overrides(overrides))
+            cell = Cell(tuple(overrides), config_hash(cfg))
+            if cell.config_hash not in seen:
+                seen.add(cell.config_hash)
+                cells.append(cell)
     return base, cells
 
 

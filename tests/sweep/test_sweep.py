@@ -37,6 +37,36 @@ def test_bad_sweep_files(tmp_path):
         load_sweep(f)
 
 
+def test_cases_cross_the_grid_and_pin_their_own_keys(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(
+        f"base: {ROOT / 'configs' / 'tiny.yaml'}\n"
+        "cases:\n"
+        "  - {method.name: fedit, train.lr: 0.02}\n"
+        "  - {method.name: fedit, train.lr: 0.05, privacy.target_epsilon: inf}\n"
+        "  - {method.name: fedsb, method.rank: 8, train.lr: 0.02}\n"
+        "  - {method.name: fedsb, method.rank: 8, train.lr: 0.02}\n"  # a duplicate: run once
+        "grid:\n"
+        "  privacy.target_epsilon: [1, 3]\n"
+        "  seed: [0, 1]\n"
+    )
+    _, cells = load_sweep(f)
+    rows = [dict(c.overrides) for c in cells]
+    # fedit DP: 2 ε x 2 seeds; fedit non-private: its ε pinned, 2 seeds; fedsb: 2 x 2, once
+    assert len(cells) == 4 + 2 + 4 == len({c.config_hash for c in cells})
+    private_fedit = [r for r in rows if r["method.name"] == "fedit" and "privacy.mode" not in r]
+    assert {(r["privacy.target_epsilon"], r["seed"]) for r in private_fedit} == {
+        (1, 0), (1, 1), (3, 0), (3, 1)
+    }
+    assert all(r["train.lr"] == 0.02 for r in private_fedit)
+    plain = [r for r in rows if r.get("privacy.mode") == "none"]
+    assert len(plain) == 2 and all(r["train.lr"] == 0.05 for r in plain)
+    assert all(r["method.rank"] == 8 for r in rows if r["method.name"] == "fedsb")
+    f.write_text(f"base: {ROOT / 'configs' / 'tiny.yaml'}\ncases: [fedit]\n")
+    with pytest.raises(ConfigError, match="`cases` must be a list of mappings"):
+        load_sweep(f)
+
+
 def _sweep_cmd(out, jobs=1):
     return [
         sys.executable,
