@@ -60,6 +60,12 @@ def _after(ledger: Ledger, planned):
     return extend(ledger.history("c"), flatten(planned))
 
 
+def test_fast_check_never_admits_what_the_exact_check_refuses_fastpld(tmp_path):
+    # the default backend
+    fast, slow = _decisions(tmp_path, "fastpld", trials=40, seed=3)
+    assert fast > 0 and slow > 0
+
+
 def test_fast_check_never_admits_what_the_exact_check_refuses_pld(tmp_path):
     fast, slow = _decisions(tmp_path, "pld", trials=12, seed=0)
     assert fast > 0 and slow > 0  # both paths were exercised

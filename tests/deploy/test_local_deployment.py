@@ -188,7 +188,7 @@ def test_a_node_refuses_requests_beyond_its_own_budget(tmp_path):
     log = (deployment / "nodes" / "node-1" / "worker.log").read_text()
     assert "round 2 client 1: skipped" in log and "round 2 client 3: skipped" in log
     # the owner's own ledger is the truth: its clients stay within the owner's budget
-    own = Ledger(deployment / "nodes" / "node-1" / "ledger.jsonl", accountant="prv")
+    own = Ledger(deployment / "nodes" / "node-1" / "ledger.jsonl", accountant="fastpld")
     assert all(own.epsilon(c, delta=1e-5) <= 2.5 for c in ("1", "3"))
     # the server's mirror agrees with the owners' ledgers
     mirror = _by_client(_records(tmp_path / "dep" / "ledger.jsonl"))

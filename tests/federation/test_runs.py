@@ -22,7 +22,7 @@ def test_every_method_runs_with_dp_within_budget(tmp_path, name):
     assert summary["rounds_completed"] == 2 and summary["stopped_reason"] == "completed"
     assert 0 < summary["max_epsilon"] <= cfg.privacy.target_epsilon
     assert summary["method"] == name and summary["delta"] == cfg.privacy.delta
-    assert summary["accountant_used"] == "prv" and summary["noise_source"] == "seeded"
+    assert summary["accountant_used"] == "fastpld" and summary["noise_source"] == "seeded"
     assert summary["noise_multiplier"] > 0 and summary["faulty_clients"] == []
     # two DP rounds are not enough for every method to learn the tiny task, but none may fall
     # clearly below the majority class (a broken update would)

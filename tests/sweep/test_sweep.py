@@ -56,7 +56,10 @@ def test_cases_cross_the_grid_and_pin_their_own_keys(tmp_path):
     assert len(cells) == 4 + 2 + 4 == len({c.config_hash for c in cells})
     private_fedit = [r for r in rows if r["method.name"] == "fedit" and "privacy.mode" not in r]
     assert {(r["privacy.target_epsilon"], r["seed"]) for r in private_fedit} == {
-        (1, 0), (1, 1), (3, 0), (3, 1)
+        (1, 0),
+        (1, 1),
+        (3, 0),
+        (3, 1),
     }
     assert all(r["train.lr"] == 0.02 for r in private_fedit)
     plain = [r for r in rows if r.get("privacy.mode") == "none"]
