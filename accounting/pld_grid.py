@@ -47,8 +47,9 @@ __all__ = [
 # Mass allowed outside the composed window (both tails together); added to δ (dp-accounting's
 # default for self-composition is the same 1e-15).
 TAIL_MASS = 1e-15
-# ln of the noise mass left beyond the single-step grid (dp-accounting's default bound, -50):
-# the grid reaches 10 standard deviations past both Gaussian centres.
+# The single-step grid reaches 10 standard deviations past both Gaussian centres: the noise
+# mass beyond is at most Φ̄(10) ≈ 7.6e-24 (dp-accounting's default bound is e^-50 ≈ 2e-22). Mass
+# above the grid goes to +∞ (exactly δ at the top point); mass below is rounded up to the lowest.
 _Z = 10.0
 
 
@@ -111,7 +112,7 @@ def _loss(x: float, q: float, sigma: float) -> float:
 
 
 def _bounds(q: float, sigma: float, remove: bool) -> tuple[float, float]:
-    """Loss range of one step holding all but ~e^−50 of the noise mass."""
+    """Loss range of one step holding all but Φ̄(10) of the noise mass."""
     top = _loss(1.0 + _Z * sigma, q, sigma)  # largest remove loss that matters
     bottom = _loss(-_Z * sigma, q, sigma)  # smallest
     if remove:
@@ -169,7 +170,7 @@ def window_bins(blocks: list[tuple[float, float, int]], interval: float) -> int:
 
 
 @dataclass(frozen=True)
-class Composed:
+class ComposedPLD:
     """The composed discrete distribution in one direction."""
 
     losses: np.ndarray  # ascending
@@ -177,7 +178,7 @@ class Composed:
     infinity: float
 
 
-def _compose(blocks: list[tuple[float, float, int]], interval: float, remove: bool) -> Composed:
+def _compose(blocks: list[tuple[float, float, int]], interval: float, remove: bool) -> ComposedPLD:
     steps = [(step_pld(q, s, interval, remove), n) for q, s, n in blocks]
     low_loss, high_loss = _window(blocks, interval)
     base = sum(n * st.lower for st, n in steps)
@@ -198,10 +199,10 @@ def _compose(blocks: list[tuple[float, float, int]], interval: float, remove: bo
     truncated = TAIL_MASS if (lo > base or hi < full_hi) else 0.0
     infinity = min(1.0, -math.expm1(finite) + truncated)
     losses = np.arange(lo, lo + width, dtype=np.float64) * interval
-    return Composed(losses, probs, infinity)
+    return ComposedPLD(losses, probs, infinity)
 
 
-def _epsilon(c: Composed, delta: float) -> float:
+def _epsilon(c: ComposedPLD, delta: float) -> float:
     """Smallest ε ≥ 0 with Σ_{l>ε} p_l (1 − e^{ε−l}) + p_∞ ≤ δ.
 
     On [l_{k−1}, l_k] the divergence is upper_k − e^ε·lower_k with upper_k = p_∞ + Σ_{j≥k} p_j
@@ -224,7 +225,7 @@ def _epsilon(c: Composed, delta: float) -> float:
     return max(eps, 0.0)
 
 
-def _delta(c: Composed, epsilon: float) -> float:
+def _delta(c: ComposedPLD, epsilon: float) -> float:
     live = c.losses > epsilon
     return float(c.infinity + np.dot(c.probs[live], -np.expm1(epsilon - c.losses[live])))
 
