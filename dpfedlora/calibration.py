@@ -80,8 +80,8 @@ def label_log_prior(
     label words, averaged over the content-free inputs (as Zhao et al.)."""
     device = next(model.parameters()).device
     batch = inputs.to(device)
+    from .tasks import label_word_log_probs
+
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    first = (batch.labels != -100).int().argmax(1)
-    at = logits[torch.arange(len(batch)), (first - 1).clamp(min=0)].float()
-    probs = at[:, label_token_ids].log_softmax(-1).exp().mean(0)
+    probs = label_word_log_probs(logits, batch, label_token_ids).exp().mean(0)
     return probs.log().cpu()

@@ -26,7 +26,7 @@ from .data.rows import Rows, class_ids, column
 from .data.tensors import TensorData
 from .metrics import classification_metrics
 
-__all__ = ["Task", "TASKS", "register_task", "task_of"]
+__all__ = ["Task", "TASKS", "register_task", "task_of", "label_word_log_probs"]
 
 Loss = Callable[[nn.Module, TensorData], torch.Tensor]
 
@@ -128,14 +128,20 @@ def _causal_lm_synthetic(ids: torch.Tensor, mask: torch.Tensor, classes) -> Tens
     return TensorData(ids, mask, lm, None, classes)
 
 
+def label_word_log_probs(logits: torch.Tensor, batch: TensorData, ids: list[int]) -> torch.Tensor:
+    """log p of each label word's first token where the answer starts, renormalised over the
+    label words ([B, len(ids)], float32)."""
+    first = (batch.labels != -100).int().argmax(1)  # first response position
+    at = logits[torch.arange(len(batch)), (first - 1).clamp(min=0)]
+    return at[:, ids].float().log_softmax(-1)
+
+
 def _label_word_predictions(logits, batch: TensorData, ids: list[int] | None, log_prior=None):
     """Class whose label word's first token is most likely where the answer starts (divided
     by the content-free prior when ``log_prior`` is given: :mod:`dpfedlora.calibration`)."""
     if not ids:
         return None
-    first = (batch.labels != -100).int().argmax(1)  # first response position
-    at = logits[torch.arange(len(batch)), (first - 1).clamp(min=0)]
-    scores = at[:, ids].float().log_softmax(-1)
+    scores = label_word_log_probs(logits, batch, ids)
     if log_prior is not None:
         scores = scores - log_prior.to(scores.device)
     return scores.argmax(-1)

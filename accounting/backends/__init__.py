@@ -48,9 +48,9 @@ register_backend("pld", _module_loader(".pld", "PLDBackend"))
 register_backend("rdp", _module_loader(".rdp", "RDPBackend"))
 
 
-# Our own numpy PLD: tight (within 0.01 % of dp-accounting's PLD at interval 1e-4 on the
-# benchmark histories) and fast (0.34 s for 10,000 steps in 20 distinct blocks, where prv takes
-# 37 s); see accounting/pld_grid.py and the README's accounting table.
+# Our own numpy PLD: tight (+0.003 % over dp-accounting's PLD at interval 1e-4 on the 20-block
+# benchmark history) and fast (0.28 s for its 10,000 steps, where prv took 27.5 s); see
+# accounting/pld_grid.py and the README's accounting table.
 DEFAULT_BACKEND = "fastpld"
 
 

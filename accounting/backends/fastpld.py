@@ -2,8 +2,8 @@
 
 Connect-the-dots discretisation of each step and one Fourier-domain composition of every block
 (:mod:`accounting.pld_grid`). Pessimistic throughout, so ε is an upper bound; at the default
-interval of 2e-4 it lies within 0.01 % of dp-accounting's PLD at 1e-4 on the benchmark
-history, about 16x faster (``benchmarks/bench_accounting.py``).
+interval of 2e-4 it gives ε 3.4127 on the 20-block benchmark history in 0.28 s, where
+dp-accounting's PLD at 1e-4 gives 3.4126 in 8.0 s (``benchmarks/bench_accounting.py``).
 """
 
 from __future__ import annotations

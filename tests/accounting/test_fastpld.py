@@ -16,21 +16,13 @@ import random
 import numpy as np
 import pytest
 from scipy import integrate
-from scipy.optimize import brentq
 from scipy.stats import norm
 
 from accounting import Composed, dpsgd_event, make_accountant
 from accounting.backends import DEFAULT_BACKEND
 from accounting.backends import fastpld as fastpld_module
 from accounting.pld_grid import _add_deltas, _remove_deltas, compose_delta, compose_epsilon
-
-
-def _exact_gaussian_delta(epsilon: float, mu: float) -> float:
-    return norm.cdf(-epsilon / mu + mu / 2) - math.exp(epsilon) * norm.cdf(-epsilon / mu - mu / 2)
-
-
-def _exact_gaussian_epsilon(delta: float, mu: float) -> float:
-    return brentq(lambda e: _exact_gaussian_delta(e, mu) - delta, 0.0, 500.0, xtol=1e-12)
+from tests.accounting.test_reference_values import _exact_gaussian_epsilon
 
 
 def test_default_backend_is_fastpld():
@@ -41,7 +33,7 @@ def test_default_backend_is_fastpld():
 @pytest.mark.parametrize("sigma, k", [(1.0, 1), (2.0, 10), (5.0, 100), (0.8, 3)])
 def test_composed_gaussian_matches_the_exact_curve_from_above(sigma, k):
     mu = math.sqrt(k) / sigma
-    exact = _exact_gaussian_epsilon(1e-5, mu)
+    exact = _exact_gaussian_epsilon(mu, 1e-5)
     ours = compose_epsilon([(1.0, sigma, k)], 1e-5, 2e-4)
     assert ours >= exact - 1e-9
     assert ours == pytest.approx(exact, rel=2e-4)
