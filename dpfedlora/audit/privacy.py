@@ -38,6 +38,7 @@ import torch
 
 from accounting import Ledger, NonPrivate, calibrate_dpsgd, make_accountant
 from accounting.audit import one_run_epsilon_lower_bound
+from accounting.audit_fdp import fdp_one_run_lower_bound
 
 from ..client import Client, Trainer
 from ..client.grad_sample import auditable
@@ -51,7 +52,7 @@ from ..tasks import TASKS
 from .canaries import design_canaries, gradient_scores
 from .optim import CanaryDPOptimizer, SignedNoiseDPOptimizer
 
-__all__ = ["audit_privacy", "AuditError"]
+__all__ = ["audit_privacy", "lower_bounds", "AuditError"]
 
 
 class AuditError(UserError, ValueError):
@@ -230,6 +231,29 @@ def _input_scores(fed, engine, audited, view, canary_data, sigma) -> torch.Tenso
     return scores
 
 
+def lower_bounds(
+    canaries: int, guesses: int, correct: int, delta: float, confidence: float
+) -> dict[str, float]:
+    """Every one-run bound from the same counts.
+
+    - ``epsilon_lower``: Steinke, Nasr, Jagielski: not (ε, δ)-DP.
+    - ``epsilon_lower_fdp``: Mahloujifar, Melis, Chaudhuri's test on the (ε, δ) curve: not
+      (ε, δ)-DP either, from the whole curve instead of a binomial tail.
+    - ``mu_lower`` and ``epsilon_lower_gdp``: the same test on Gaussian curves (the paper's
+      empirical privacy): not μ-GDP, and that curve's ε at δ. The ε assumes a Gaussian-shaped
+      curve, so it is not compared with the accountant's (ε, δ) upper bound.
+    """
+    kw = dict(canaries=canaries, guesses=guesses, correct=correct, delta=delta)
+    mu, eps_gdp = fdp_one_run_lower_bound(**kw, confidence=confidence, family="gdp")
+    _, eps_fdp = fdp_one_run_lower_bound(**kw, confidence=confidence, family="approx")
+    return {
+        "epsilon_lower": one_run_epsilon_lower_bound(**kw, confidence=confidence),
+        "epsilon_lower_fdp": eps_fdp,
+        "mu_lower": mu,
+        "epsilon_lower_gdp": eps_gdp,
+    }
+
+
 def audit_privacy(
     base: Experiment,
     out: str | Path,
@@ -279,13 +303,7 @@ def audit_privacy(
         "guesses": n_guesses,
         "correct_guesses": correct,
         "confidence": confidence,
-        "epsilon_lower": one_run_epsilon_lower_bound(
-            canaries=canaries,
-            guesses=n_guesses,
-            correct=correct,
-            delta=p.delta,
-            confidence=confidence,
-        ),
+        **lower_bounds(canaries, n_guesses, correct, p.delta, confidence),
         "epsilon_upper": make_accountant(p.accountant).compose(event).epsilon(p.delta),
         "delta": p.delta,
         "noise_multiplier": sigma,

@@ -26,6 +26,7 @@ VERBS: dict[str, str] = {
     "audit": "dpfedlora.cli.audit",
     "sweep": "dpfedlora.cli.sweep",
     "report": "dpfedlora.cli.sweep",
+    "tune": "dpfedlora.cli.sweep",
     "export": "dpfedlora.cli.export",
     "evaluate": "dpfedlora.cli.export",
     "plan": "dpfedlora.cli.plan",

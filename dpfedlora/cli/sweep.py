@@ -1,4 +1,4 @@
-"""``dpfedlora sweep SWEEP.yaml`` and ``dpfedlora report DIR``."""
+"""``dpfedlora sweep SWEEP.yaml``, ``dpfedlora report DIR`` and ``dpfedlora tune SWEEP.yaml``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("dir", metavar="DIR")
     r.add_argument("--json", action="store_true")
     r.set_defaults(handler=cmd_report)
+
+    add_tune_parser(sub)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -60,3 +62,64 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"{result['violations']} cell(s) spent more than their target ε: accounting error.")
         return 3
     return 0
+
+
+def add_tune_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="choose a hyperparameter per case and ε on public proxy clients (no privacy cost)",
+        description=(
+            "Train every value of KEY on proxy clients built from the sweep base's public share "
+            "(data.public_fraction), with the noise each private cell would have (same q, steps "
+            "and rounds; σ scaled to the proxies' smaller batches), score it on the public "
+            "validation part, and write a copy of the sweep with the chosen values in its cases. "
+            "Private shards and the held-out test set are never read."
+        ),
+    )
+    p.add_argument("sweep", metavar="SWEEP", help="sweep YAML whose base sets data.public_fraction")
+    p.add_argument("--key", default="train.lr", help="dotted config key to tune (default train.lr)")
+    p.add_argument(
+        "--values", nargs="+", required=True, metavar="V", help="values to try, e.g. 0.01 0.03 0.1"
+    )
+    p.add_argument(
+        "--epsilon",
+        nargs="+",
+        type=float,
+        metavar="EPS",
+        help="tune the private cells at these target ε only (the others take the nearest, on a "
+        "log scale); default every finite ε of the sweep",
+    )
+    p.add_argument("--out", help="tuning directory (default runs/tune-<file name>)")
+    p.add_argument(
+        "--write-sweep", metavar="PATH", help="tuned sweep file (default OUT/tuned.yaml)"
+    )
+    p.add_argument(
+        "--jobs", type=positive_int, help="candidates in parallel (default from cores and memory)"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=cmd_tune)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..config import ConfigError
+    from ..experiments.sweep import read_sweep
+    from ..experiments.tune import tune, tune_table
+
+    if not Path(args.sweep).is_file():
+        raise CLIError(f"argument SWEEP: no such file: {args.sweep!r}.")
+    out = args.out or f"runs/tune-{Path(args.sweep).stem}"
+    values = [yaml.safe_load(v) for v in args.values]
+    try:
+        report = tune(
+            args.sweep, out, key=args.key, values=values, epsilons=args.epsilon, jobs=args.jobs,
+            progress=not args.no_progress, write_sweep=args.write_sweep,
+        )  # fmt: skip
+        cases = read_sweep(args.sweep)[2]
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    print("validation balanced accuracy (public proxies):")
+    print(tune_table(report, cases))
+    print(f"tuned sweep: {report['tuned_sweep']}")
+    return 1 if report["failed"] else 0

@@ -47,6 +47,7 @@ DTYPES = ("float32", "bfloat16", "float16")  # the frozen base's; adapters stay 
 QUANTIZATIONS = ("none", "4bit", "8bit")  # bitsandbytes (optional extra)
 PROMPT_FORMATS = ("auto", "plain", "chat")  # prompts.PROMPT_FORMATS plus auto
 LABEL_CALIBRATIONS = ("none", "content_free")  # calibration.CALIBRATIONS
+DATA_POOLS = ("private", "public")
 OPTIMIZERS = ("sgd", "adamw")
 WEIGHTINGS = ("shard_size", "uniform")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -196,6 +197,13 @@ class DataConfig:
     # Separate from `seed` (noise, sampling, initialisation) so that a sweep can vary training
     # randomness on a fixed split, or the split alone.
     seed: int | None = None
+    # a share of the training pool marked public: taken out before partitioning, so it is in no
+    # client's shard and using it costs no privacy (hyperparameter tuning, `dpfedlora tune`)
+    public_fraction: float = 0.0
+    # what the clients train on: private (their shards of the pool without the public share) |
+    # public (proxy clients: the public share split like the pool, eval_fraction of it held out
+    # for validation in place of the held-out set, which such a run never reads)
+    pool: str = "private"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -213,6 +221,10 @@ class DataConfig:
         )
         check_int("data.num_clients", self.num_clients, minimum=1)
         check_choice("data.label_calibration", self.label_calibration, LABEL_CALIBRATIONS)
+        check_number(
+            "data.public_fraction", self.public_fraction, low=0.0, high=1.0, high_open=True
+        )
+        check_choice("data.pool", self.pool, DATA_POOLS)
         if self.prompt_template and self.prompt_template.count("{text}") != 1:
             raise ConfigError(
                 "`data.prompt_template` must contain {text} exactly once (where the text goes). "
@@ -389,6 +401,20 @@ class Experiment:
                 f"Found {self.name!r}."
             )
         init = getattr(self.method, "init", "random")
+        method_share = (
+            getattr(self.method, "init_public_fraction", 0.0) if init == "public" else 0.0
+        )
+        share = self.data.public_fraction
+        if share > 0 and method_share > 0 and share != method_share:
+            raise ConfigError(
+                f"`data.public_fraction` = {share:g} and `method.init_public_fraction` = "
+                f"{method_share:g} would mark two different public shares. Set them equal."
+            )
+        if self.data.pool == "public" and share <= 0 and method_share <= 0:
+            raise ConfigError(
+                "`data.pool` = public trains proxy clients on the public share, but "
+                f"`data.public_fraction` = {share:g}. Set data.public_fraction (e.g. 0.25)."
+            )
         if init == "private" and self.model.dtype != "float32" and self.privacy.private:
             # the gradient initialisation clips per-sample gradients of the *base* weights,
             # which a low-precision base holds in bfloat16/float16: their norms are not exact

@@ -49,7 +49,15 @@ import yaml
 from ..config import ConfigError, load_config, nest_overrides
 from ..federation.rundir import config_hash
 
-__all__ = ["Cell", "load_sweep", "run_sweep", "default_jobs"]
+__all__ = [
+    "Cell",
+    "cell_of",
+    "cell_overrides",
+    "load_sweep",
+    "read_sweep",
+    "run_sweep",
+    "default_jobs",
+]
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class Cell:
         return out
 
 
-def _cell_overrides(key: str, value: Any) -> list[tuple[str, Any]]:
+def cell_overrides(key: str, value: Any) -> list[tuple[str, Any]]:
     if key == "privacy.target_epsilon" and (
         (isinstance(value, str) and value.strip().lower() in ("inf", "infinity", ".inf"))
         or (isinstance(value, float) and math.isinf(value))
@@ -77,8 +85,8 @@ def _cell_overrides(key: str, value: Any) -> list[tuple[str, Any]]:
     return [(key, value)]
 
 
-def load_sweep(path: str | Path) -> tuple[Path, list[Cell]]:
-    """(base config path, cells) of a sweep file."""
+def read_sweep(path: str | Path) -> tuple[Path, dict[str, list[Any]], list[dict[str, Any]]]:
+    """(base config path, grid, cases) of a sweep file, checked."""
     path = Path(path)
     spec = yaml.safe_load(path.read_text()) or {}
     unknown = set(spec) - {"base", "grid", "cases", "name"}
@@ -103,15 +111,26 @@ def load_sweep(path: str | Path) -> tuple[Path, list[Cell]]:
     for k in grid:
         if not isinstance(grid[k], list) or not grid[k]:
             raise ConfigError(f"grid key {k!r} needs a non-empty list of values.")
+    return base, grid, cases
+
+
+def cell_of(base: Path, overrides: list[tuple[str, Any]]) -> Cell:
+    """The cell of these overrides (in order) on ``base``; validates the resolved config."""
+    cfg = load_config(base, nest_overrides(overrides))
+    return Cell(tuple(overrides), config_hash(cfg))
+
+
+def load_sweep(path: str | Path) -> tuple[Path, list[Cell]]:
+    """(base config path, cells) of a sweep file."""
+    base, grid, cases = read_sweep(path)
     cells, seen = [], set()
     for case in cases:
         keys = [k for k in grid if k not in case]  # the case's own value wins
         for combo in itertools.product(*(grid[k] for k in keys)):
             overrides: list[tuple[str, Any]] = []
             for k, v in [*case.items(), *zip(keys, combo)]:
-                overrides += _cell_overrides(k, v)
-            cfg = load_config(base, nest_overrides(overrides))
-            cell = Cell(tuple(overrides), config_hash(cfg))
+                overrides += cell_overrides(k, v)
+            cell = cell_of(base, overrides)
             if cell.config_hash not in seen:
                 seen.add(cell.config_hash)
                 cells.append(cell)

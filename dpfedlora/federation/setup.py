@@ -19,6 +19,7 @@ from ..client import Client, Trainer
 from ..config import ConfigError, Experiment
 from ..data.load import load_data, load_records
 from ..data.partition import label_histogram, partition
+from ..data.split import stratified_split
 from ..data.tensors import TensorData
 from ..methods import ClientSpec, Method, make_method
 from ..models.builders import BuiltModel, build_model
@@ -27,7 +28,10 @@ from ..models.precision import float32_trainables
 from ..tasks import TASKS
 from .advice import shard_warnings
 
-__all__ = ["Setup", "ShardInfo", "build_setup", "adapt_model", "client_rate"]
+__all__ = [
+    "Setup", "ShardInfo", "build_setup", "adapt_model", "client_plans", "client_rate",
+    "public_share",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -90,14 +94,33 @@ def client_rate(cfg: Experiment, index: int, n: int) -> float:
     return cfg.train.batch_size / n
 
 
+def public_share(cfg: Experiment, method: Method) -> float:
+    """The share of the training pool marked public: ``data.public_fraction``, else the method's
+    (the config refuses two different non-zero shares)."""
+    return cfg.data.public_fraction or method.public_fraction()
+
+
 def _split_public(cfg: Experiment, method: Method, train: TensorData):
-    """(public, private pool): the method's public share never is also a client's record."""
-    fraction = method.public_fraction()
+    """(public, private pool): the public share never is also a client's record."""
+    fraction = public_share(cfg, method)
     if fraction <= 0:
         return None, train
     perm = np.random.default_rng(cfg.data_seed + 7919).permutation(len(train))
     k = max(1, int(fraction * len(train)))
     return train.subset(perm[:k]), train.subset(np.sort(perm[k:]))
+
+
+def _proxy_pool(cfg: Experiment, public: TensorData | None) -> tuple[TensorData, TensorData]:
+    """``data.pool`` = public: (proxy training pool, public validation set), both from the
+    public share, split like the pool (stratified, ``data.eval_fraction`` held out). Neither the
+    private pool nor the held-out (test) set is read by such a run."""
+    if public is None or len(public) < 2:
+        raise ConfigError(
+            "`data.pool` = public needs a public share of at least 2 records. Found "
+            f"{0 if public is None else len(public)}. Raise data.public_fraction."
+        )
+    tr, val = stratified_split(public.class_labels, cfg.data.eval_fraction, cfg.data_seed + 104729)
+    return public.subset(tr), public.subset(val)
 
 
 def _client(cfg: Experiment, index: int, n: int, rank: int, data: TensorData | None) -> Client:
@@ -155,10 +178,11 @@ def _remote_histogram(cfg: Experiment, shards: list[ShardInfo]) -> np.ndarray:
 
 def _owner_clients(cfg: Experiment, method: Method, built: BuiltModel, own: dict[int, str]):
     """A data owner's node with its own files: client index -> that file's records."""
-    if method.public_fraction() > 0:
+    if public_share(cfg, method) > 0:
         raise ConfigError(
-            f"method {cfg.method.name!r} marks a public share of the pooled training data, which "
-            "a node with its own `data-path` does not have. Use partition ids of a built-in set."
+            f"a public share of the pooled training data ({public_share(cfg, method):g}) is "
+            "marked, which a node with its own `data-path` does not have. Set "
+            "data.public_fraction=0 (and no public init), or use partition ids of a built-in set."
         )
     if method.ranks_need_all_sizes():
         raise ConfigError(
@@ -184,6 +208,10 @@ def _load(cfg: Experiment, method: Method, built: BuiltModel, remote, own, holds
         return clients, clients[0].data.subset([]), None, hist, 0
     train, eval_data = load_data(cfg.data, cfg.model, seed=cfg.data_seed, tokenizer=built.tokenizer)
     public, train = _split_public(cfg, method, train)
+    if cfg.data.pool == "public":
+        # the validation part stays out of everything that trains (a public init included)
+        train, eval_data = _proxy_pool(cfg, public)
+        public = train
     if remote is not None:
         # a deployment's server: the owners' reported sizes; its copy of the pool is dropped
         sizes = [s.num_examples for s in remote]
@@ -201,6 +229,15 @@ def _load(cfg: Experiment, method: Method, built: BuiltModel, remote, own, holds
             c.data = c.data if c.spec.cid in holds else None
         eval_data = eval_data.subset([])
     return clients, eval_data, public, histogram, left_out
+
+
+def client_plans(cfg: Experiment) -> list[tuple[int, float, int]]:
+    """(records, Poisson rate q, steps per round) of each client the config would build, from
+    the split and partition alone (no adapters, no cache, nothing trained or written)."""
+    method = make_method(cfg.method, seed=cfg.seed)
+    built = build_model(cfg.model, seed=cfg.seed)
+    clients = _load(cfg, method, built, None, None, None)[0]
+    return [(c.spec.num_examples, c.sampling_rate, c.steps) for c in clients]
 
 
 def build_setup(

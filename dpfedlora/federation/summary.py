@@ -56,6 +56,10 @@ def summarise(cfg: Experiment, setup: Setup, st: RunState, ledger: Ledger | None
         "stopped_reason": st.stopped_reason,
         **_privacy(cfg.privacy, ledger, st.noise_multiplier),
         "final": final,
+        # what `final` was measured on: the held-out set, or (data.pool=public, a tuning proxy)
+        # the public validation part
+        "evaluated_on": "public_validation" if cfg.data.pool == "public" else "held_out",
+        "eval_examples": len(setup.eval_data),
         "faulty_clients": st.faulty,
         "warnings": setup.warnings,
         "bytes_up": st.bytes_up,

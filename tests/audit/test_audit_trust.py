@@ -7,6 +7,7 @@ import pytest
 
 from accounting import Ledger, NonPrivate
 from accounting.audit import one_run_epsilon_lower_bound
+from accounting.audit_fdp import fdp_one_run_lower_bound
 from dpfedlora.audit import optim as audit_optim
 from dpfedlora.audit.noise import audit_noise
 from dpfedlora.audit.privacy import audit_privacy
@@ -33,6 +34,12 @@ def test_no_noise_audit_of_every_method_reaches_above_2(tmp_path, name):
     r = audit_privacy(cfg, tmp_path / "a", canaries=1000, guesses=100, unsafe_no_noise=True)
     assert r["epsilon_lower"] > 2.0, r
     assert r["epsilon_upper"] == float("inf")
+    # the f-DP bounds come from the same counts (and, for the Gaussian curve, go further)
+    kw = dict(canaries=1000, guesses=r["guesses"], correct=r["correct_guesses"], delta=1e-5)
+    mu, eps_gdp = fdp_one_run_lower_bound(**kw)
+    assert (r["mu_lower"], r["epsilon_lower_gdp"]) == (mu, eps_gdp)
+    assert r["epsilon_lower_fdp"] == fdp_one_run_lower_bound(**kw, family="approx")[1]
+    assert r["epsilon_lower_gdp"] > r["epsilon_lower"]
 
 
 def test_canaries_join_once_per_logical_step_with_physical_chunks(tmp_path, monkeypatch):
@@ -55,7 +62,7 @@ def test_canaries_join_once_per_logical_step_with_physical_chunks(tmp_path, monk
     assert calls["chunks"] > 6  # the batches really were split into several chunks
     assert calls["noise"] == 6  # but canaries were drawn once per DP step
     # with sensitivity C per step the audit stays below the accountant's bound
-    assert r["epsilon_lower"] <= r["epsilon_upper"]
+    assert max(r["epsilon_lower"], r["epsilon_lower_fdp"]) <= r["epsilon_upper"]
 
 
 @pytest.mark.parametrize(

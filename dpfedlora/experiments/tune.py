@@ -1,0 +1,270 @@
+"""Hyperparameter tuning that spends no privacy: ``dpfedlora tune SWEEP --key K --values ...``.
+
+Choosing a hyperparameter by training on the private shards and keeping the best run is itself a
+release whose privacy cost the per-run ε does not cover (Papernot & Steinke, ICLR 2022). So
+every candidate here trains *proxy clients* on the public share of the pool
+(``data.public_fraction``, which no private shard holds) and is scored on the public validation
+part of that share (``data.pool: public``); the private shards and the held-out test set are
+never read.
+
+A proxy imitates a private cell's noise, not its privacy: same Poisson rate q, steps and
+rounds, and σ' = σ · B̄'/B̄, where σ is what the private cell calibrates for its target ε and B̄,
+B̄' are the mean expected batches q·n of the private and proxy clients. Then the noise on each
+averaged clipped gradient, σ·C/B, equals the private cell's; at a fixed σ/B the trajectory of
+DP-SGD, and the best learning rate, carry across batch sizes (Sander, Stock and Sablayrolles,
+ICML 2023). Non-private cells get their own candidates (σ = 0).
+
+Output (``<out>``): the candidates as sweep cells (resumable, in parallel), ``tune.json`` (every
+candidate's validation metrics and the choice) and a tuned copy of the sweep file whose
+``cases`` pin the chosen value per case and target ε.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ConfigError, load_config, nest_overrides
+from .sweep import cell_of, cell_overrides, read_sweep, run_sweep
+
+__all__ = ["Candidate", "best", "proxy_noise", "tune", "tune_table", "tuned_cases"]
+
+EPS_KEY = "privacy.target_epsilon"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    case: int  # index into the sweep's cases
+    target: float  # the private cell's target ε (inf: non-private)
+    value: Any  # the tuned key's value
+    overrides: tuple[tuple[str, Any], ...]  # the proxy run's overrides on the base
+
+
+def _is_inf(v: Any) -> bool:
+    return cell_overrides(EPS_KEY, v)[0][0] == "privacy.mode"
+
+
+def _target(v: Any) -> float:
+    return math.inf if _is_inf(v) else float(v)
+
+
+def proxy_noise(base: Path, overrides: list[tuple[str, Any]]) -> float:
+    """σ' of the proxy for the private cell ``overrides``: σ · B̄(proxy) / B̄(private)."""
+    from ..federation.planning import plan_noise
+    from ..federation.setup import client_plans
+    from ..methods import make_method
+
+    cfg = load_config(base, nest_overrides(overrides))
+    proxy = load_config(base, nest_overrides([*overrides, ("data.pool", "public")]))
+    private = client_plans(cfg)
+    sigma = plan_noise(
+        cfg.privacy,
+        rounds=cfg.server.rounds,
+        rates_and_steps=[(q, steps) for _, q, steps in private],
+        init=make_method(cfg.method, seed=cfg.seed).init_event(True),
+    )
+    batches = [
+        sum(n * q for n, q, _ in plans) / len(plans) for plans in (client_plans(proxy), private)
+    ]
+    return sigma * batches[0] / batches[1]
+
+
+def _case_targets(base: Path, grid: dict, case: dict) -> list[float]:
+    """The target ε values a case's cells take (inf: non-private), sorted."""
+    targets = [case[EPS_KEY]] if EPS_KEY in case else grid.get(EPS_KEY, [])
+    if not targets:
+        cfg = load_config(
+            base, nest_overrides([o for k, v in case.items() for o in cell_overrides(k, v)])
+        )
+        targets = [cfg.privacy.target_epsilon if cfg.privacy.private else math.inf]
+    return sorted({_target(t) for t in targets})
+
+
+def _settings(
+    base: Path, grid: dict, cases: list[dict], key: str, epsilons: list[float] | None
+) -> list[tuple[int, dict[str, Any], float]]:
+    """(case index, the case's fixed keys without ε, target ε) of every setting to tune: each
+    private target of the case (or ``epsilons``, when given) and the non-private one."""
+    several = [k for k, v in grid.items() if len(v) > 1 and k not in (EPS_KEY, "seed", key)]
+    if several:
+        raise ConfigError(
+            f"tune: grid key(s) {several} take several values; a proxy is tuned per case and "
+            "target ε only. Move them into `cases`, or tune each value's sweep separately."
+        )
+    settings = []
+    for i, case in enumerate(cases):
+        fixed = {k: v[0] for k, v in grid.items() if k not in case and k not in (EPS_KEY, key)}
+        fixed.update({k: v for k, v in case.items() if k not in (EPS_KEY, key)})
+        targets = _case_targets(base, grid, case)
+        private = [t for t in targets if math.isfinite(t)]
+        if epsilons is not None and private:
+            private = sorted(epsilons)
+        for t in [*private, *(t for t in targets if math.isinf(t))]:
+            settings.append((i, fixed, t))
+    return settings
+
+
+def _candidates(base: Path, settings, key: str, values: list[Any], log) -> list[Candidate]:
+    out = []
+    for i, fixed, target in settings:
+        common = [o for k, v in fixed.items() for o in cell_overrides(k, v)]
+        # refuses a sweep without a public share before any model is built
+        load_config(base, nest_overrides([*common, ("data.pool", "public")]))
+        if math.isinf(target):
+            noise = [("privacy.mode", "none"), (EPS_KEY, None)]
+        else:
+            sigma = proxy_noise(base, [*common, (EPS_KEY, target)])
+            log(f"case {i} at ε = {target:g}: proxy σ' = {sigma:.4f}")
+            noise = [(EPS_KEY, None), ("privacy.noise_multiplier", float(sigma))]
+        for v in values:
+            overrides = (*common, *noise, ("data.pool", "public"), (key, v))
+            out.append(Candidate(i, target, v, overrides))
+    return out
+
+
+def _score(cell_dir: Path) -> dict[str, Any] | None:
+    path = cell_dir / "summary.json"
+    if not path.exists():
+        return None
+    final = json.loads(path.read_text())["final"]
+    return {m: final[m] for m in ("balanced_accuracy", "loss") if m in final}
+
+
+def best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Highest validation balanced accuracy; ties (and tasks without it) by lower loss."""
+    scored = [r for r in rows if r["metrics"]]
+    if not scored:
+        return None
+
+    def rank(r: dict[str, Any]) -> tuple[float, float]:
+        m = r["metrics"]
+        loss = m.get("loss", math.inf)
+        return (m.get("balanced_accuracy", 0.0), -loss if math.isfinite(loss) else -math.inf)
+
+    return max(scored, key=rank)
+
+
+def tuned_cases(
+    cases: list[dict], targets: list[list[float]], key: str, choice: dict[tuple[int, float], Any]
+) -> list[dict]:
+    """The sweep's cases with the chosen value pinned: one case per original case and target ε
+    (``targets[i]``: case i's); a private ε that was not tuned takes the value chosen at the
+    nearest tuned ε (log scale). A setting with no choice keeps the case's own value."""
+    out = []
+    for i, case in enumerate(cases):
+        tuned = {t: v for (j, t), v in choice.items() if j == i}
+        finite = [t for t in tuned if math.isfinite(t)]
+        for t in targets[i]:
+            if t not in tuned and math.isfinite(t) and finite:
+                t_near = min(finite, key=lambda u, t=t: abs(math.log(u / t)))
+            else:
+                t_near = t
+            pinned = {**case, EPS_KEY: "inf" if math.isinf(t) else t}
+            if t_near in tuned:
+                pinned[key] = tuned[t_near]
+            out.append(pinned)
+    return out
+
+
+def tune(
+    sweep_file: str | Path,
+    out: str | Path,
+    *,
+    key: str,
+    values: list[Any],
+    epsilons: list[float] | None = None,
+    jobs: int | None = None,
+    progress: bool = True,
+    write_sweep: str | Path | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Run every candidate proxy, choose per (case, target ε), write the tuned sweep file."""
+    sweep_file, out = Path(sweep_file), Path(out)
+    base, grid, cases = read_sweep(sweep_file)
+    if not values:
+        raise ConfigError("tune: give at least one value to try (--values).")
+    settings = _settings(base, grid, cases, key, epsilons)
+    candidates = _candidates(base, settings, key, values, log)
+    cells = [cell_of(base, list(c.overrides)) for c in candidates]  # validates every candidate
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"base": str(base), "cases": [dict(c.overrides) for c in candidates]}
+    (out / "candidates.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = run_sweep(out / "candidates.yaml", out, jobs=jobs, progress=progress, log=log)
+    rows = [
+        {
+            "case": c.case,
+            "target_epsilon": c.target,
+            "value": c.value,
+            "cell": cell.name,
+            "metrics": _score(out / "cells" / cell.name),
+        }
+        for c, cell in zip(candidates, cells)
+    ]
+    choice: dict[tuple[int, float], Any] = {}
+    for i, _, target in settings:
+        pick = best([r for r in rows if r["case"] == i and r["target_epsilon"] == target])
+        if pick is not None:
+            choice[(i, target)] = pick["value"]
+        else:
+            log(f"case {i} at ε = {target:g}: no candidate finished; nothing chosen")
+    targets = [_case_targets(base, grid, case) for case in cases]
+    tuned = tuned_cases(cases, targets, key, choice)
+    dest = Path(write_sweep) if write_sweep else out / "tuned.yaml"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["base"] = os.path.relpath(base, dest.parent.resolve())
+    spec["cases"] = tuned
+    spec["grid"] = {k: v for k, v in grid.items() if k != EPS_KEY}
+    header = (
+        f"# Generated by `dpfedlora tune {sweep_file} --key {key}` from {sweep_file.name}: each\n"
+        f"# case's {key} chosen on public proxy clients (validation balanced accuracy); the\n"
+        f"# candidates and their scores are in {out}/tune.json.\n"
+    )
+    dest.write_text(header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    report = {
+        "key": key,
+        "values": values,
+        "rows": [{**r, "target_epsilon": _json_eps(r["target_epsilon"])} for r in rows],
+        "choice": [
+            {"case": i, "target_epsilon": _json_eps(t), "value": v} for (i, t), v in choice.items()
+        ],
+        "tuned_sweep": str(dest),
+        "failed": result["failed"],
+    }
+    (out / "tune.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _json_eps(t: float) -> float | str:
+    return "inf" if math.isinf(t) else t
+
+
+def tune_table(report: dict[str, Any], cases: list[dict]) -> str:
+    """Markdown: one row per case and target ε, validation balanced accuracy per value."""
+    values = report["values"]
+    head = ["case", "target ε", *(f"{report['key']}={v}" for v in values), "chosen"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    chosen = {(c["case"], str(c["target_epsilon"])): c["value"] for c in report["choice"]}
+    seen = []
+    for r in report["rows"]:
+        k = (r["case"], str(r["target_epsilon"]))
+        if k not in seen:
+            seen.append(k)
+    for i, t in seen:
+        cells = []
+        for v in values:
+            m = next(
+                (r["metrics"] for r in report["rows"]
+                 if r["case"] == i and str(r["target_epsilon"]) == t and r["value"] == v),
+                None,
+            )  # fmt: skip
+            cells.append("-" if not m else f"{m.get('balanced_accuracy', math.nan):.3f}")
+        label = ", ".join(f"{k}={v}" for k, v in cases[i].items() if k != EPS_KEY) or str(i)
+        lines.append(f"| {label} | {t} | " + " | ".join(cells) + f" | {chosen.get((i, t), '-')} |")
+    return "\n".join(lines)
