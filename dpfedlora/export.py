@@ -20,8 +20,6 @@ models have random weights from the run's seed: rebuild their base with
 from __future__ import annotations
 
 import json
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from .config import Experiment, load_config
 from .errors import UserError
 from .methods import Method, make_method
 from .methods.base import ExportedLoRA
+from .models.adapters import quiet_peft
 from .models.builders import BuiltModel, build_model
 
 __all__ = ["ExportError", "load_run", "export_run", "load_exported"]
@@ -42,14 +41,6 @@ PEFT_PREFIX = "base_model.model."
 
 class ExportError(UserError, RuntimeError):
     """The run cannot be exported as asked."""
-
-
-@contextmanager
-def _quiet_peft():
-    # peft asks transformers a deprecated question on every wrap; the answer is right
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-        yield
 
 
 @dataclass
@@ -73,7 +64,7 @@ def load_run(run_dir: str | Path) -> FinishedRun:
     cfg = load_config(run_dir / "config.yaml")
     method = make_method(cfg.method, seed=cfg.seed)
     built = build_model(cfg.model, seed=cfg.seed)
-    with _quiet_peft():
+    with quiet_peft():
         model = method.setup(built, train_head=cfg.model.train_head)
     method.init_state()  # methods keep W0 from here (FedEx, FlexLoRA, full)
     view = method.eval_view(torch.load(final, weights_only=True))
@@ -113,7 +104,7 @@ def _write_adapter(run: FinishedRun, lora: dict[str, ExportedLoRA], out: Path) -
     from peft import get_peft_model
 
     base = build_model(run.cfg.model, seed=run.cfg.seed)
-    with _quiet_peft():
+    with quiet_peft():
         peft_model = get_peft_model(base.model, _lora_config(run, lora))
     params = dict(peft_model.named_parameters())
     with torch.no_grad():
@@ -165,6 +156,6 @@ def load_exported(out: str | Path, cfg: Experiment) -> nn.Module:
     if info["kind"] == "peft_adapter":
         from peft import PeftModel
 
-        with _quiet_peft():
+        with quiet_peft():
             return PeftModel.from_pretrained(base, str(out))
     return type(base).from_pretrained(str(out))

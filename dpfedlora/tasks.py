@@ -83,14 +83,43 @@ def _classification_metrics(loss, pred, data, num_labels, label_token_ids) -> di
 
 
 # ------------------------------------------------------------------------------ causal LM
+def _loss_positions(batch: TensorData) -> torch.Tensor:
+    """Positions whose logits some example's loss reads: j where token j + 1 is a response
+    token (the union over the batch; the answer's first prediction is among them)."""
+    return (batch.labels[:, 1:] != -100).any(0).nonzero().flatten()
+
+
 def _causal_lm_loss(model: nn.Module, batch: TensorData) -> torch.Tensor:
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    logits, targets = logits[:, :-1].float(), batch.labels[:, 1:]
+    """Mean cross-entropy over each example's response tokens ([B], one DP unit each).
+
+    Only the positions the loss reads go through the LM head (``logits_to_keep``): with a
+    49,152-word vocabulary the head over every position costs more than the adapted layers,
+    and the other positions' logits have no gradient anyway. A model that ignores the argument
+    returns every position, which is indexed the same way."""
+    keep = _loss_positions(batch)
+    logits = _forward_logits(model, batch, keep)
+    if logits.shape[1] == batch.input_ids.shape[1]:  # every position came back
+        logits = logits[:, keep]
+    targets = batch.labels[:, keep + 1]
     mask = (targets != -100).float()
     tok = nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.clamp(min=0).reshape(-1), reduction="none"
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.clamp(min=0).reshape(-1),
+        reduction="none",
     ).view_as(mask)
     return (tok * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def _forward_logits(model: nn.Module, batch: TensorData, keep: torch.Tensor) -> torch.Tensor:
+    try:
+        out = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep
+        )
+    except TypeError as exc:  # a model without the argument: every position's logits
+        if "logits_to_keep" not in str(exc):
+            raise
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return out.logits
 
 
 def _causal_lm_tokenize(rows: Rows, cfg: DataConfig, model: ModelConfig, tok) -> TensorData:

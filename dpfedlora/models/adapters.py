@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +28,7 @@ from ..noise import derive_generator
 from .builders import BuiltModel
 
 __all__ = [
+    "quiet_peft",
     "Layer",
     "LatentDown",
     "inject_lora",
@@ -46,6 +50,14 @@ class Layer:
     fan_in_fan_out: bool
     in_features: int
     out_features: int
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft asks transformers a deprecated question on every wrap; the answer is right."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        yield
 
 
 def orthonormal(rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
@@ -98,7 +110,8 @@ def inject_lora(
         bias="none",
         layers_to_transform=list(built.layers) or None,
     )
-    model = get_peft_model(built.model, config)
+    with quiet_peft():
+        model = get_peft_model(built.model, config)
     layers = []
     for mod_name, module in model.named_modules():
         if not (hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {})):
