@@ -51,12 +51,15 @@ def check_noise_audit(cfg: Experiment, *, allow_private_data: bool) -> None:
             f"on hooks-mode per-sample gradients). Found {cfg.privacy.grad_sample_mode!r}. "
             "Use --set privacy.grad_sample_mode=hooks: the noise is the same."
         )
-    if cfg.data.name not in PUBLIC_DATA and not allow_private_data:
+    # data.pool=public trains proxy clients on the share the config marks public only
+    public = cfg.data.name in PUBLIC_DATA or cfg.data.pool == "public"
+    if not public and not allow_private_data:
         raise UserError(
             f"`data.name` = {cfg.data.name!r} may hold private records, and the noise audit trains "
             "on every shard three times without accounting and writes exact signal norms. Pass "
             "--unsafe-uses-private-data to accept that (each use is recorded in the audit's "
-            "ledger), or audit on data.name=builtin:synthetic."
+            "ledger), audit on data.name=builtin:synthetic, or on the public share "
+            "(data.public_fraction with data.pool=public)."
         )
 
 

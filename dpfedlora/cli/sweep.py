@@ -76,7 +76,11 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
             "Private shards and the held-out test set are never read."
         ),
     )
-    p.add_argument("sweep", metavar="SWEEP", help="sweep YAML whose base sets data.public_fraction")
+    p.add_argument(
+        "sweep",
+        metavar="SWEEP",
+        help="sweep YAML whose cells set data.public_fraction (in the base or the grid)",
+    )
     p.add_argument("--key", default="train.lr", help="dotted config key to tune (default train.lr)")
     p.add_argument(
         "--values", nargs="+", required=True, metavar="V", help="values to try, e.g. 0.01 0.03 0.1"
@@ -105,18 +109,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     from ..config import ConfigError
     from ..experiments.sweep import read_sweep
-    from ..experiments.tune import tune, tune_table
+    from ..experiments.tune import expand_cases, tune, tune_table
 
     if not Path(args.sweep).is_file():
         raise CLIError(f"argument SWEEP: no such file: {args.sweep!r}.")
     out = args.out or f"runs/tune-{Path(args.sweep).stem}"
     values = [yaml.safe_load(v) for v in args.values]
+    for e in args.epsilon or ():
+        if not (0 < e < float("inf")):
+            raise CLIError(f"argument --epsilon: each ε must be positive and finite. Found {e}.")
     try:
         report = tune(
             args.sweep, out, key=args.key, values=values, epsilons=args.epsilon, jobs=args.jobs,
             progress=not args.no_progress, write_sweep=args.write_sweep,
         )  # fmt: skip
-        cases = read_sweep(args.sweep)[2]
+        _, grid, cases = read_sweep(args.sweep)
+        cases = expand_cases(grid, cases, args.key)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     print("validation balanced accuracy (public proxies):")

@@ -21,6 +21,7 @@ candidate's validation metrics and the choice) and a tuned copy of the sweep fil
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -33,7 +34,7 @@ import yaml
 from ..config import ConfigError, load_config, nest_overrides
 from .sweep import cell_of, cell_overrides, read_sweep, run_sweep
 
-__all__ = ["Candidate", "best", "proxy_noise", "tune", "tune_table", "tuned_cases"]
+__all__ = ["Candidate", "best", "expand_cases", "proxy_noise", "tune", "tune_table", "tuned_cases"]
 
 EPS_KEY = "privacy.target_epsilon"
 
@@ -86,17 +87,23 @@ def _case_targets(base: Path, grid: dict, case: dict) -> list[float]:
     return sorted({_target(t) for t in targets})
 
 
+def expand_cases(grid: dict, cases: list[dict], key: str) -> list[dict]:
+    """Every case crossed with the grid's other multi-valued keys (not ε, seed or the tuned
+    key): each combination is tuned on its own, so it becomes a case of its own."""
+    out = []
+    for case in cases:
+        multi = [k for k, v in grid.items() if len(v) > 1 and k not in (EPS_KEY, "seed", key)]
+        multi = [k for k in multi if k not in case]
+        for combo in itertools.product(*(grid[k] for k in multi)):
+            out.append({**case, **dict(zip(multi, combo))})
+    return out
+
+
 def _settings(
     base: Path, grid: dict, cases: list[dict], key: str, epsilons: list[float] | None
 ) -> list[tuple[int, dict[str, Any], float]]:
     """(case index, the case's fixed keys without ε, target ε) of every setting to tune: each
     private target of the case (or ``epsilons``, when given) and the non-private one."""
-    several = [k for k, v in grid.items() if len(v) > 1 and k not in (EPS_KEY, "seed", key)]
-    if several:
-        raise ConfigError(
-            f"tune: grid key(s) {several} take several values; a proxy is tuned per case and "
-            "target ε only. Move them into `cases`, or tune each value's sweep separately."
-        )
     settings = []
     for i, case in enumerate(cases):
         fixed = {k: v[0] for k, v in grid.items() if k not in case and k not in (EPS_KEY, key)}
@@ -114,8 +121,10 @@ def _candidates(base: Path, settings, key: str, values: list[Any], log) -> list[
     out = []
     for i, fixed, target in settings:
         common = [o for k, v in fixed.items() for o in cell_overrides(k, v)]
-        # refuses a sweep without a public share before any model is built
-        load_config(base, nest_overrides([*common, ("data.pool", "public")]))
+        # refuses a sweep without a public share, or a bad key or value, before any model is
+        # built
+        for v in values:
+            load_config(base, nest_overrides([*common, ("data.pool", "public"), (key, v)]))
         if math.isinf(target):
             noise = [("privacy.mode", "none"), (EPS_KEY, None)]
         else:
@@ -189,6 +198,7 @@ def tune(
     base, grid, cases = read_sweep(sweep_file)
     if not values:
         raise ConfigError("tune: give at least one value to try (--values).")
+    cases = expand_cases(grid, cases, key)
     settings = _settings(base, grid, cases, key, epsilons)
     candidates = _candidates(base, settings, key, values, log)
     cells = [cell_of(base, list(c.overrides)) for c in candidates]  # validates every candidate

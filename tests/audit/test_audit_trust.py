@@ -111,3 +111,12 @@ def test_noise_audit_needs_a_flag_for_private_data_and_records_each_use(tmp_path
     recs = list(Ledger(tmp_path / "l.jsonl"))
     assert len(recs) == 2 * 2  # per method, per client, before its shard is read
     assert all(r.scope == "audit" and isinstance(r.event, NonPrivate) for r in recs)
+
+
+def test_noise_audit_on_the_public_share_needs_no_flag():
+    from dpfedlora.audit.noise import check_noise_audit
+
+    share = ("data.name=builtin:sms_spam", "data.public_fraction=0.25")
+    check_noise_audit(tiny_cfg(*share, "data.pool=public"), allow_private_data=False)
+    with pytest.raises(UserError, match="data.pool=public"):
+        check_noise_audit(tiny_cfg(*share), allow_private_data=False)

@@ -13,7 +13,7 @@ from accounting import calibrate_dpsgd
 from dpfedlora.cli import main
 from dpfedlora.config import ConfigError, load_config
 from dpfedlora.experiments.sweep import load_sweep
-from dpfedlora.experiments.tune import best, proxy_noise, tuned_cases
+from dpfedlora.experiments.tune import best, expand_cases, proxy_noise, tuned_cases
 from dpfedlora.federation.setup import _load
 from dpfedlora.methods import make_method
 from dpfedlora.models.builders import build_model
@@ -118,6 +118,17 @@ def test_tuned_cases_take_the_nearest_tuned_epsilon_on_a_log_scale():
         ("ffa", "inf"): 0.3,
         ("fedit", 8.0): 0.05,
     }
+
+
+def test_a_grid_over_other_keys_becomes_one_case_per_value():
+    grid = {
+        "method.name": ["ffa", "fedsb"], "privacy.target_epsilon": [3, "inf"], "seed": [0, 1],
+        "train.lr": [0.1, 0.2], "method.rank": [4],
+    }  # fmt: skip
+    cases = expand_cases(grid, [{}], "train.lr")
+    assert cases == [{"method.name": "ffa"}, {"method.name": "fedsb"}]
+    pinned = expand_cases(grid, [{"method.name": "fedit"}, {}], "train.lr")
+    assert pinned == [{"method.name": "fedit"}, {"method.name": "ffa"}, {"method.name": "fedsb"}]
 
 
 def test_tune_end_to_end_chooses_the_best_candidate_and_writes_a_runnable_sweep(tmp_path, capsys):
