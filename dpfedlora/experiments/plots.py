@@ -25,6 +25,8 @@ def plot_run(history: list[dict[str, Any]], out: Path, *, title: str) -> list[Pa
     if not history:
         return []
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     out.mkdir(parents=True, exist_ok=True)
     rounds = [r["round"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -40,6 +42,7 @@ def plot_run(history: list[dict[str, Any]], out: Path, *, title: str) -> list[Pa
     if "eval_accuracy" not in history[0]:
         ax1.plot(rounds, [r.get("eval_loss") for r in history], "-o", label="eval loss", ms=4)
     ax1.set_xlabel("round")
+    ax1.set_ylabel("fraction" if "eval_accuracy" in history[0] else "nats per example")
     ax1.set_title("held-out metrics")
     ax1.grid(alpha=0.3)
     ax1.legend(fontsize=8)
@@ -47,11 +50,14 @@ def plot_run(history: list[dict[str, Any]], out: Path, *, title: str) -> list[Pa
     if all(e is not None and not math.isinf(e) for e in eps):
         ax2.plot(rounds, eps, "-o", color="tab:red", ms=4)
         ax2.set_title("max ε spent over clients (ledger)")
+        ax2.set_ylabel("ε (at the run's δ)")
     else:
         ax2.text(0.5, 0.5, "non-private run: no ε", ha="center", va="center")
         ax2.set_title("privacy")
     ax2.set_xlabel("round")
     ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):  # rounds are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = out / "metrics.png"

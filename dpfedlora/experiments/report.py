@@ -121,7 +121,7 @@ def write_report(out: str | Path) -> dict[str, Any]:
         md += ["", "Failed cells:", ""] + [f"- cell {r['cell']} {r['status']}" for r in failed]
     (out / "report.md").write_text("\n".join(md) + "\n")
     if metric:
-        _plots(grouped, out / "plots", metric)
+        _plots(grouped, out / "plots", metric, title=_title(out, rows))
     violations = [
         r for r in rows if r.get("status") == "done" and r["spent_epsilon"] > r["target_epsilon"]
     ]
@@ -159,7 +159,41 @@ def _markdown(
     return md
 
 
-def _plots(grouped: list[dict[str, Any]], out: Path, metric: str) -> None:
+# y-axis labels with their units
+YLABELS = {
+    "balanced_accuracy": "balanced accuracy, held-out (fraction)",
+    "accuracy": "accuracy, held-out (fraction)",
+    "macro_f1": "macro-F1, held-out (fraction)",
+    "loss": "loss, held-out (nats per example)",
+    "perplexity": "perplexity, held-out",
+}
+MARKERS = "osD^vP*X"
+
+
+def _title(out: Path, rows: list[dict[str, Any]]) -> str:
+    """Names the sweep, the data and the model, from the first finished cell's config."""
+    import yaml
+
+    manifest = json.loads((out / "sweep.json").read_text())
+    spec = {}
+    if Path(manifest.get("sweep_file", "")).is_file():
+        spec = yaml.safe_load(Path(manifest["sweep_file"]).read_text()) or {}
+    name = spec.get("name") or Path(manifest.get("sweep_file", str(out))).stem
+    done = next((r for r in rows if r.get("status") == "done"), None)
+    if done is None:
+        return str(name)
+    cfg = yaml.safe_load((out / "cells" / done["cell"] / "config.yaml").read_text())
+    short = [str(cfg[k]["name"]).removeprefix("builtin:") for k in ("model", "data")]
+    return f"{name}: {short[0]} on {short[1]}"
+
+
+def _seeds_note(grouped: list[dict[str, Any]]) -> str:
+    n = sorted({g["seeds"] for g in grouped})
+    span = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+    return f"error bars: std over {span} seed{'s' if n[-1] > 1 else ''}"
+
+
+def _plots(grouped: list[dict[str, Any]], out: Path, metric: str, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,14 +201,19 @@ def _plots(grouped: list[dict[str, Any]], out: Path, metric: str) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     for kind, draw in (("epsilon", _draw_vs_epsilon), ("bytes", _draw_vs_bytes)):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(7.5, 4.2))
         draw(ax, grouped, metric)
-        ax.set_ylabel(metric.replace("_", " "))
+        ax.set_ylabel(YLABELS.get(metric, metric.replace("_", " ")))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=10)
+        # outside the axes, so a legend never covers a point
+        ax.legend(
+            fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=_seeds_note(grouped),
+            title_fontsize=8,
+        )  # fmt: skip
         fig.tight_layout()
         for ext in ("png", "svg"):
-            fig.savefig(out / f"{metric}_vs_{kind}.{ext}", dpi=110)
+            fig.savefig(out / f"{metric}_vs_{kind}.{ext}", dpi=110, bbox_inches="tight")
         plt.close(fig)
 
 
@@ -184,50 +223,70 @@ def _errorbar(ax, pts: list[tuple[float, dict[str, Any]]], metric: str, **kw) ->
         [g.get(metric, math.nan) for _, g in pts],
         yerr=[g.get(metric + "_std", 0) for _, g in pts],
         capsize=3,
-        ms=4,
+        ms=6,
         **kw,
     )
 
 
+def _dodge(i: int, n: int, width: float = 0.06) -> float:
+    """Multiplicative x offset of series i of n on a log axis, so overlapping series stay
+    visible side by side."""
+    return math.exp(width * (i - (n - 1) / 2))
+
+
 def _draw_vs_epsilon(ax, grouped: list[dict[str, Any]], metric: str) -> None:
-    """One line per method over target ε; non-private drawn at the right as ∞."""
-    finite = [g["target_epsilon"] for g in grouped if not math.isinf(g["target_epsilon"])]
-    inf_x = (max(finite) * 2) if finite else 1.0
-    for i, method in enumerate(sorted({g["method"] for g in grouped})):
+    """One line per method over the finite target ε; non-private as a separate marker at the
+    right, past a dotted divider, never joined to ε = max by a line."""
+    finite = sorted({g["target_epsilon"] for g in grouped if not math.isinf(g["target_epsilon"])})
+    inf_x = (max(finite) * 2.5) if finite else 1.0
+    methods = sorted({g["method"] for g in grouped})
+    for i, method in enumerate(methods):
+        d, style = _dodge(i, len(methods)), dict(color=f"C{i}", marker=MARKERS[i % len(MARKERS)])
         pts = sorted(
-            (
-                (inf_x if math.isinf(g["target_epsilon"]) else g["target_epsilon"], g)
-                for g in grouped
-                if g["method"] == method
-            ),
+            ((g["target_epsilon"] * d, g) for g in grouped
+             if g["method"] == method and not math.isinf(g["target_epsilon"])),
             key=lambda t: t[0],
-        )
-        _errorbar(ax, pts, metric, fmt="-o", label=method, color=f"C{i}")
+        )  # fmt: skip
+        if pts:
+            _errorbar(ax, pts, metric, linestyle="-", label=method, **style)
+        inf_pts = [(inf_x * d, g) for g in grouped
+                   if g["method"] == method and math.isinf(g["target_epsilon"])]  # fmt: skip
+        if inf_pts:
+            _errorbar(ax, inf_pts, metric, linestyle="none", mfc="none",
+                      label=None if pts else method, **style)  # fmt: skip
     ax.set_xscale("log")
-    ticks = sorted(set(finite)) + (
-        [inf_x] if any(math.isinf(g["target_epsilon"]) for g in grouped) else []
-    )
+    ax.minorticks_off()
+    has_inf = any(math.isinf(g["target_epsilon"]) for g in grouped)
+    if has_inf and finite:
+        ax.axvline(math.sqrt(max(finite) * inf_x), color="0.6", linestyle=":", linewidth=1)
+    ticks = finite + ([inf_x] if has_inf else [])
     ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{t:g}" if t != inf_x else "∞" for t in ticks])
-    ax.set_xlabel("target ε (∞ = non-private)")
+    ax.set_xticklabels([f"{t:g}" for t in finite] + (["non-private"] if has_inf else []))
+    ax.set_xlabel("target ε per client (δ from the config); open markers: non-private")
 
 
 def _draw_vs_bytes(ax, grouped: list[dict[str, Any]], metric: str) -> None:
-    """Bytes depend on the method, not on ε: one line per ε across methods (sorted by bytes),
-    one marker shape per method, so each line reads as the communication trade-off at that ε."""
-    markers = "osD^vP*X"
+    """Bytes depend on the method, not on ε: one point per (method, ε), no lines (different
+    methods are different systems), colour = ε, marker = method; the ε of one method sit side by
+    side."""
     methods = sorted({g["method"] for g in grouped})
-    for i, eps in enumerate(sorted({g["target_epsilon"] for g in grouped})):
-        pts = sorted(
-            ((g.get("bytes_up", 0), g) for g in grouped if g["target_epsilon"] == eps),
-            key=lambda t: t[0],
-        )
+    epsilons = sorted({g["target_epsilon"] for g in grouped})
+    for i, eps in enumerate(epsilons):
+        for g in grouped:
+            if g["target_epsilon"] != eps:
+                continue
+            j = methods.index(g["method"])
+            # methods that upload the same bytes (FFA-LoRA and RoLoRA) sit side by side too
+            same = sorted({h["method"] for h in grouped if h.get("bytes_up") == g.get("bytes_up")})
+            x = g.get("bytes_up", 0) * _dodge(i, len(epsilons), width=0.05)
+            x *= _dodge(same.index(g["method"]), len(same), width=0.25)
+            _errorbar(ax, [(x, g)], metric, linestyle="none", color=f"C{i}",
+                      marker=MARKERS[j % len(MARKERS)],
+                      mfc="none" if math.isinf(eps) else f"C{i}")  # fmt: skip
+    for i, eps in enumerate(epsilons):  # colour legend entries
         label = "non-private" if math.isinf(eps) else f"ε = {eps:g}"
-        _errorbar(ax, pts, metric, fmt="-", color=f"C{i}", label=label, alpha=0.8)
-        for x, g in pts:
-            m = markers[methods.index(g["method"]) % len(markers)]
-            ax.plot([x], [g.get(metric, math.nan)], m, color=f"C{i}", ms=6)
+        ax.plot([], [], "s", color=f"C{i}", label=label)
     for j, method in enumerate(methods):  # marker legend entries
-        ax.plot([], [], markers[j % len(markers)], color="0.3", label=method)
+        ax.plot([], [], MARKERS[j % len(MARKERS)], color="0.3", label=method, linestyle="none")
     ax.set_xscale("log")
-    ax.set_xlabel("bytes uploaded per run (all clients, all rounds)")
+    ax.set_xlabel("bytes uploaded per run (all clients, all rounds; log scale)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,7 +87,10 @@ def write_summary(
 
     summary = summarise(cfg, setup, st, ledger, seconds)
     run_dir.write_summary(summary)
-    title = f"{cfg.name}: {cfg.method.name}, " + privacy_title(cfg.privacy, st.noise_multiplier)
+    data, model = (Path(x).name.removeprefix("builtin:") for x in (cfg.data.name, cfg.model.name))
+    title = f"{cfg.name}: {cfg.method.name} on {data} ({model}), " + privacy_title(
+        cfg.privacy, st.noise_multiplier
+    )
     plot_run(st.history, run_dir.plots, title=title)
     torch.save(st.state, run_dir.path / "checkpoint" / "final_state.pt")
     return summary
