@@ -110,6 +110,25 @@ def _causal_lm_loss(model: nn.Module, batch: TensorData) -> torch.Tensor:
     return (tok * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def label_word_loss(model: nn.Module, batch: TensorData, *, ids: list[int]) -> torch.Tensor:
+    """Cross-entropy over the label words' first tokens where the answer starts ([B]): the
+    verbaliser objective (Schick and Schütze 2021). Only that one position goes through the
+    head."""
+    first = (batch.labels != -100).int().argmax(1)  # first response position
+    at = (first - 1).clamp(min=0)
+    keep = at.unique()
+    logits = _forward_logits(model, batch, keep)
+    if logits.shape[1] == batch.input_ids.shape[1]:
+        logits = logits[:, keep]
+    rows = torch.arange(len(batch), device=logits.device)
+    scores = logits[rows, torch.searchsorted(keep, at)][:, ids].float()
+    target = torch.as_tensor(batch.classes, device=scores.device, dtype=torch.long)
+    return nn.functional.cross_entropy(scores, target, reduction="none")
+
+
+CAUSAL_LM_LOSSES = ("response", "label_words")
+
+
 def _forward_logits(model: nn.Module, batch: TensorData, keep: torch.Tensor) -> torch.Tensor:
     try:
         out = model(

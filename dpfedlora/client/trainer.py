@@ -13,6 +13,7 @@ noise source, divide by the expected batch size, take an optimizer step (:meth:`
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from ..methods.base import ClientSpec, Method
 from ..models.memory import MemoryPlan, model_shape, plan_memory
 from ..models.precision import to_host
 from ..noise import NoiseSource, make_noise_source
-from ..tasks import TASKS
+from ..tasks import TASKS, label_word_loss
 from .grad_sample import GRAD_SAMPLE_MODES
 from .preflight import PreflightError, check_model, check_moved
 
@@ -90,12 +91,19 @@ class Trainer:
         model: nn.Module,
         *,
         expected_batch: float | None = None,
+        label_token_ids: list[int] | None = None,
     ):
         self.cfg = cfg
         self.method = method
         self.model = model
         self.private = cfg.privacy.private
         self.loss_fn = TASKS[cfg.model.task].loss
+        if cfg.train.causal_lm_loss == "label_words":
+            if not label_token_ids:
+                raise PreflightError(
+                    "train.causal_lm_loss=label_words needs the label words' token ids."
+                )
+            self.loss_fn = functools.partial(label_word_loss, ids=list(label_token_ids))
         self.params = dict(model.named_parameters())
         union = method.trainable_union()
         if not union:

@@ -48,6 +48,7 @@ QUANTIZATIONS = ("none", "4bit", "8bit")  # bitsandbytes (optional extra)
 PROMPT_FORMATS = ("auto", "plain", "chat")  # prompts.PROMPT_FORMATS plus auto
 LABEL_CALIBRATIONS = ("none", "content_free")  # calibration.CALIBRATIONS
 DATA_POOLS = ("private", "public")
+CAUSAL_LM_LOSSES = ("response", "label_words")  # tasks.CAUSAL_LM_LOSSES
 OPTIMIZERS = ("sgd", "adamw")
 WEIGHTINGS = ("shard_size", "uniform")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -339,7 +340,13 @@ class TrainConfig:
     # whole; non-reentrant leaves most per-sample gradients unset)
     gradient_checkpointing: bool = False
 
+    # causal LM: response (cross-entropy over the vocabulary on every response token) |
+    # label_words (cross-entropy over the label words' first tokens where the answer starts:
+    # every per-example gradient is about the decision, none about the answer's format)
+    causal_lm_loss: str = "response"
+
     def __post_init__(self) -> None:
+        check_choice("train.causal_lm_loss", self.causal_lm_loss, CAUSAL_LM_LOSSES)
         check_int("train.local_steps", self.local_steps, minimum=1)
         check_number("train.local_epochs", self.local_epochs, low=0.0, high=1e6)
         check_int("train.batch_size", self.batch_size, minimum=1)
@@ -414,6 +421,14 @@ class Experiment:
             raise ConfigError(
                 "`data.pool` = public trains proxy clients on the public share, but "
                 f"`data.public_fraction` = {share:g}. Set data.public_fraction (e.g. 0.25)."
+            )
+        if self.train.causal_lm_loss == "label_words" and not (
+            self.model.task == "causal_lm" and self.data.label_names
+        ):
+            raise ConfigError(
+                "`train.causal_lm_loss` = label_words needs model.task=causal_lm and "
+                f"data.label_names (the words). Found task {self.model.task!r}, label_names "
+                f"{list(self.data.label_names)}. Use train.causal_lm_loss=response."
             )
         if init == "private" and self.model.dtype != "float32" and self.privacy.private:
             # the gradient initialisation clips per-sample gradients of the *base* weights,

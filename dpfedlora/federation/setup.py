@@ -268,7 +268,9 @@ def build_setup(
     if cfg.model.cache_frozen_prefix and TASKS[cfg.model.task].prefix_cacheable:
         _install_prefix_cache(setup)
     expected = max(c.expected_batch for c in clients)
-    setup.trainer = Trainer(cfg, method, model, expected_batch=expected)
+    setup.trainer = Trainer(
+        cfg, method, model, expected_batch=expected, label_token_ids=setup.label_token_ids()
+    )
     for c in clients:
         c.trainer = setup.trainer
     return setup

@@ -3,6 +3,7 @@ and gradients as the loss over every position's logits."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -54,3 +55,40 @@ def test_loss_on_kept_positions_equals_the_full_logits_loss_and_gradients():
     torch.testing.assert_close(loss, ref, atol=1e-6, rtol=1e-5)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+
+
+def test_label_word_loss_is_the_cross_entropy_over_the_label_words_at_the_answer():
+    from dpfedlora.config import ConfigError, load_config
+    from dpfedlora.tasks import label_word_loss
+
+    setup = tiny_setup(*CAUSAL, "method.name=ffa")
+    model = setup.model
+    batch = setup.clients[0].data.subset(range(5)).trimmed()
+    labels = torch.full_like(batch.labels, -100)
+    starts = [3, 5, 5, 8, 4]  # the answer's first token, per example
+    for i, s in enumerate(starts):
+        labels[i, s : s + 2] = batch.input_ids[i, s : s + 2]
+    batch.labels = labels
+    batch.classes = np.array([0, 1, 1, 0, 1])
+    ids = [7, 11]
+    classes = torch.as_tensor(batch.classes)
+    params = dict(model.named_parameters())
+    names = list(setup.method.trainable_names(1))
+    for n in names:
+        params[n].requires_grad_(True)
+
+    loss = label_word_loss(model, batch, ids=ids)
+    grads = torch.autograd.grad(loss.sum(), [params[n] for n in names])
+    # independent: every logit, the position before each answer, a 2-way log-softmax
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    at = torch.stack([logits[i, s - 1, ids] for i, s in enumerate(starts)]).float()
+    ref = -at.log_softmax(-1)[torch.arange(5), classes]
+    ref_grads = torch.autograd.grad(ref.sum(), [params[n] for n in names])
+    torch.testing.assert_close(loss, ref, atol=1e-6, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+    # the objective needs label words
+    import pytest
+
+    with pytest.raises(ConfigError, match="train.causal_lm_loss"):
+        load_config("configs/tiny.yaml", {"train": {"causal_lm_loss": "label_words"}})
