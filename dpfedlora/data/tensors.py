@@ -53,7 +53,10 @@ class TensorData:
             return self
         length = int(self.attention_mask.sum(1).max())
         labels = self.labels[:, :length] if self.labels.dim() == 2 else self.labels
-        return TensorData(self.input_ids[:, :length], self.attention_mask[:, :length], labels)
+        return TensorData(
+            self.input_ids[:, :length], self.attention_mask[:, :length], labels, self.groups,
+            self.classes,
+        )  # fmt: skip
 
     def physical_batches(self, max_tokens: int) -> list[TensorData]:
         """Split into length-sorted chunks of at most ``max_tokens`` padded tokens (each chunk

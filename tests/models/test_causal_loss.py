@@ -63,13 +63,14 @@ def test_label_word_loss_is_the_cross_entropy_over_the_label_words_at_the_answer
 
     setup = tiny_setup(*CAUSAL, "method.name=ffa")
     model = setup.model
-    batch = setup.clients[0].data.subset(range(5)).trimmed()
+    data = setup.clients[0].data.subset(range(5))
+    data.classes = np.array([0, 1, 1, 0, 1])
+    batch = data.trimmed()  # keeps the class ids (the loss's targets)
     labels = torch.full_like(batch.labels, -100)
     starts = [3, 5, 5, 8, 4]  # the answer's first token, per example
     for i, s in enumerate(starts):
         labels[i, s : s + 2] = batch.input_ids[i, s : s + 2]
     batch.labels = labels
-    batch.classes = np.array([0, 1, 1, 0, 1])
     ids = [7, 11]
     classes = torch.as_tensor(batch.classes)
     params = dict(model.named_parameters())
