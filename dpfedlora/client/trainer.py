@@ -101,7 +101,9 @@ class Trainer:
         if cfg.train.causal_lm_loss == "label_words":
             if not label_token_ids:
                 raise PreflightError(
-                    "train.causal_lm_loss=label_words needs the label words' token ids."
+                    f"`train.causal_lm_loss` = label_words needs a task that answers in words "
+                    f"(causal_lm); model.task is {cfg.model.task!r}. Use "
+                    "train.causal_lm_loss=response."
                 )
             self.loss_fn = functools.partial(label_word_loss, ids=list(label_token_ids))
         self.params = dict(model.named_parameters())

@@ -422,13 +422,11 @@ class Experiment:
                 "`data.pool` = public trains proxy clients on the public share, but "
                 f"`data.public_fraction` = {share:g}. Set data.public_fraction (e.g. 0.25)."
             )
-        if self.train.causal_lm_loss == "label_words" and not (
-            self.model.task == "causal_lm" and self.data.label_names
-        ):
+        if self.train.causal_lm_loss == "label_words" and not self.data.label_names:
+            # (whether the task answers in words is the task registry's to say: the trainer)
             raise ConfigError(
-                "`train.causal_lm_loss` = label_words needs model.task=causal_lm and "
-                f"data.label_names (the words). Found task {self.model.task!r}, label_names "
-                f"{list(self.data.label_names)}. Use train.causal_lm_loss=response."
+                "`train.causal_lm_loss` = label_words needs data.label_names (the answer words). "
+                "Found none. Set data.label_names, or use train.causal_lm_loss=response."
             )
         if init == "private" and self.model.dtype != "float32" and self.privacy.private:
             # the gradient initialisation clips per-sample gradients of the *base* weights,
