@@ -221,6 +221,11 @@ def tune(
         pick = best([r for r in rows if r["case"] == i and r["target_epsilon"] == target])
         if pick is not None:
             choice[(i, target)] = pick["value"]
+            if _at_edge(pick["value"], values):
+                log(
+                    f"case {i} at ε = {target:g}: the chosen {key} = {pick['value']} is at the "
+                    "edge of the values tried; a wider range may do better."
+                )
         else:
             log(f"case {i} at ε = {target:g}: no candidate finished; nothing chosen")
     targets = [_case_targets(base, grid, case) for case in cases]
@@ -249,6 +254,14 @@ def tune(
     }
     (out / "tune.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _at_edge(value: Any, values: list[Any]) -> bool:
+    """Whether a numeric choice is the smallest or largest of several numeric values."""
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) < 3 or len(numbers) != len(values):
+        return False
+    return value in (min(numbers), max(numbers))
 
 
 def _json_eps(t: float) -> float | str:

@@ -182,3 +182,12 @@ def test_tune_refuses_a_sweep_without_a_public_share(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "data.public_fraction" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "t").exists()
+
+
+def test_a_choice_at_the_edge_of_the_values_is_flagged():
+    from dpfedlora.experiments.tune import _at_edge
+
+    assert _at_edge(0.003, [0.003, 0.01, 0.03]) and _at_edge(0.03, [0.003, 0.01, 0.03])
+    assert not _at_edge(0.01, [0.003, 0.01, 0.03])
+    assert not _at_edge(0.1, [0.01, 0.1])  # two values: every choice is an edge
+    assert not _at_edge("adamw", ["sgd", "adamw", "x"])
