@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError, load_config, nest_overrides
-from .sweep import cell_of, cell_overrides, read_sweep, run_sweep
+from .sweep import cell_of, cell_overrides, load_sweep, read_sweep, run_sweep
 
 __all__ = ["Candidate", "best", "expand_cases", "proxy_noise", "tune", "tune_table", "tuned_cases"]
 
@@ -137,6 +137,20 @@ def _candidates(base: Path, settings, key: str, values: list[Any], log) -> list[
     return out
 
 
+def _check_one_public_share(sweep_file: Path) -> None:
+    """Every cell of the sweep must hold the same public share as the proxies: the share is
+    drawn with the data seed, so a cell with another one could hold the tuning records in its
+    private shards, and the chosen value would depend on them."""
+    base, cells = load_sweep(sweep_file)
+    seeds = {load_config(base, nest_overrides(list(c.overrides))).data_seed for c in cells}
+    if len(seeds) > 1:
+        raise ConfigError(
+            f"tune: the sweep's cells draw their public share with {len(seeds)} different data "
+            f"seeds {sorted(seeds)} (data.seed follows seed unless set), so the records tuned on "
+            "would be private in some cells. Fix the split: add `data.seed: [0]` to the grid."
+        )
+
+
 def _score(cell_dir: Path) -> dict[str, Any] | None:
     path = cell_dir / "summary.json"
     if not path.exists():
@@ -198,6 +212,7 @@ def tune(
     base, grid, cases = read_sweep(sweep_file)
     if not values:
         raise ConfigError("tune: give at least one value to try (--values).")
+    _check_one_public_share(sweep_file)
     cases = expand_cases(grid, cases, key)
     settings = _settings(base, grid, cases, key, epsilons)
     candidates = _candidates(base, settings, key, values, log)

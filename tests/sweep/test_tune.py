@@ -138,6 +138,7 @@ def test_tune_end_to_end_chooses_the_best_candidate_and_writes_a_runnable_sweep(
         "cases:\n  - {method.name: ffa}\n"
         "grid:\n"
         "  data.public_fraction: [0.3]\n"
+        "  data.seed: [0]\n"
         "  privacy.target_epsilon: [1, 3]\n"
         "  seed: [0, 1]\n"
         "  server.rounds: [1]\n"
@@ -191,3 +192,12 @@ def test_a_choice_at_the_edge_of_the_values_is_flagged():
     assert not _at_edge(0.01, [0.003, 0.01, 0.03])
     assert not _at_edge(0.1, [0.01, 0.1])  # two values: every choice is an edge
     assert not _at_edge("adamw", ["sgd", "adamw", "x"])
+
+
+def test_tune_refuses_cells_whose_public_share_moves_with_the_seed(tmp_path, capsys):
+    # data.seed follows seed: seed 1's public share differs, and may be private in its shards
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"base: {TINY}\ngrid:\n  data.public_fraction: [0.3]\n  seed: [0, 1]\n")
+    rc = main(["tune", str(sweep), "--values", "0.01", "--out", str(tmp_path / "t")])
+    assert rc == 2 and "data.seed" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
