@@ -41,8 +41,8 @@ def main() -> None:
     batch = setup.clients[0].data.subset(range(args.batch)).trimmed()
     kept = tasks._forward_logits
 
-    def every_position(model, b, keep):
-        return model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+    def every_position(model, b, keep):  # the head over every position, then the loss's
+        return model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, keep]
 
     times: dict[str, list[float]] = {"kept positions": [], "every position": []}
     losses = {}

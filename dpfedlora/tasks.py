@@ -98,8 +98,6 @@ def _causal_lm_loss(model: nn.Module, batch: TensorData) -> torch.Tensor:
     returns every position, which is indexed the same way."""
     keep = _loss_positions(batch)
     logits = _forward_logits(model, batch, keep)
-    if logits.shape[1] == batch.input_ids.shape[1]:  # every position came back
-        logits = logits[:, keep]
     targets = batch.labels[:, keep + 1]
     mask = (targets != -100).float()
     tok = nn.functional.cross_entropy(
@@ -114,22 +112,20 @@ def label_word_loss(model: nn.Module, batch: TensorData, *, ids: list[int]) -> t
     """Cross-entropy over the label words' first tokens where the answer starts ([B]): the
     verbaliser objective (Schick and Schütze 2021). Only that one position goes through the
     head."""
-    first = (batch.labels != -100).int().argmax(1)  # first response position
-    at = (first - 1).clamp(min=0)
-    keep = at.unique()
+    at = answer_positions(batch)
+    keep = at.unique()  # sorted
     logits = _forward_logits(model, batch, keep)
-    if logits.shape[1] == batch.input_ids.shape[1]:
-        logits = logits[:, keep]
     rows = torch.arange(len(batch), device=logits.device)
-    scores = logits[rows, torch.searchsorted(keep, at)][:, ids].float()
-    target = torch.as_tensor(batch.classes, device=scores.device, dtype=torch.long)
-    return nn.functional.cross_entropy(scores, target, reduction="none")
+    log_probs = _renormalised(logits[rows, torch.searchsorted(keep, at)], ids)
+    target = torch.as_tensor(batch.classes, device=log_probs.device, dtype=torch.long)
+    return nn.functional.nll_loss(log_probs, target, reduction="none")
 
 
 CAUSAL_LM_LOSSES = ("response", "label_words")
 
 
 def _forward_logits(model: nn.Module, batch: TensorData, keep: torch.Tensor) -> torch.Tensor:
+    """Logits at the sequence positions ``keep`` only ([B, len(keep), V])."""
     try:
         out = model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep
@@ -138,7 +134,9 @@ def _forward_logits(model: nn.Module, batch: TensorData, keep: torch.Tensor) -> 
         if "logits_to_keep" not in str(exc):
             raise
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    return out.logits
+    logits = out.logits
+    # every position came back (the fallback, or a caller handing in a finished forward)
+    return logits[:, keep] if logits.shape[1] == batch.input_ids.shape[1] else logits
 
 
 def _causal_lm_tokenize(rows: Rows, cfg: DataConfig, model: ModelConfig, tok) -> TensorData:
@@ -176,12 +174,21 @@ def _causal_lm_synthetic(ids: torch.Tensor, mask: torch.Tensor, classes) -> Tens
     return TensorData(ids, mask, lm, None, classes)
 
 
+def answer_positions(batch: TensorData) -> torch.Tensor:
+    """Per example, the position whose logits predict the answer's first token ([B])."""
+    first = (batch.labels != -100).int().argmax(1)  # first response position
+    return (first - 1).clamp(min=0)
+
+
+def _renormalised(at: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """log p of the label words' first tokens, renormalised over the label words (float32)."""
+    return at[:, ids].float().log_softmax(-1)
+
+
 def label_word_log_probs(logits: torch.Tensor, batch: TensorData, ids: list[int]) -> torch.Tensor:
     """log p of each label word's first token where the answer starts, renormalised over the
     label words ([B, len(ids)], float32)."""
-    first = (batch.labels != -100).int().argmax(1)  # first response position
-    at = logits[torch.arange(len(batch)), (first - 1).clamp(min=0)]
-    return at[:, ids].float().log_softmax(-1)
+    return _renormalised(logits[torch.arange(len(batch)), answer_positions(batch)], ids)
 
 
 def _label_word_predictions(logits, batch: TensorData, ids: list[int] | None, log_prior=None):

@@ -55,24 +55,33 @@ def _target(v: Any) -> float:
     return math.inf if _is_inf(v) else float(v)
 
 
-def proxy_noise(base: Path, overrides: list[tuple[str, Any]]) -> float:
-    """σ' of the proxy for the private cell ``overrides``: σ · B̄(proxy) / B̄(private)."""
+def proxy_noise(base: Path, overrides: list[tuple[str, Any]], plans: dict | None = None) -> float:
+    """σ' of the proxy for the private cell ``overrides``: σ · B̄(proxy) / B̄(private).
+    ``plans`` memoises the clients' plans across calls (they depend on the data, not the
+    method's adapters, so every case of a sweep usually shares them)."""
+    from ..config import to_dict
     from ..federation.planning import plan_noise
     from ..federation.setup import client_plans
     from ..methods import make_method
 
     cfg = load_config(base, nest_overrides(overrides))
-    proxy = load_config(base, nest_overrides([*overrides, ("data.pool", "public")]))
-    private = client_plans(cfg)
+    plans = {} if plans is None else plans
+    # what the plans read: the data, the training schedule, the tokenizer, a method's share
+    key = json.dumps(
+        [to_dict(cfg)[k] for k in ("data", "train", "model", "seed")]
+        + [getattr(cfg.method, "init", None), getattr(cfg.method, "init_public_fraction", None)],
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    if key not in plans:
+        plans[key] = client_plans(cfg, pools=("private", "public"))
+    private, proxy = plans[key]["private"], plans[key]["public"]
     sigma = plan_noise(
         cfg.privacy,
         rounds=cfg.server.rounds,
         rates_and_steps=[(q, steps) for _, q, steps in private],
         init=make_method(cfg.method, seed=cfg.seed).init_event(True),
     )
-    batches = [
-        sum(n * q for n, q, _ in plans) / len(plans) for plans in (client_plans(proxy), private)
-    ]
+    batches = [sum(n * q for n, q, _ in p) / len(p) for p in (proxy, private)]
     return sigma * batches[0] / batches[1]
 
 
@@ -118,7 +127,7 @@ def _settings(
 
 
 def _candidates(base: Path, settings, key: str, values: list[Any], log) -> list[Candidate]:
-    out = []
+    out, plans = [], {}
     for i, fixed, target in settings:
         common = [o for k, v in fixed.items() for o in cell_overrides(k, v)]
         # refuses a sweep without a public share, or a bad key or value, before any model is
@@ -128,7 +137,7 @@ def _candidates(base: Path, settings, key: str, values: list[Any], log) -> list[
         if math.isinf(target):
             noise = [("privacy.mode", "none"), (EPS_KEY, None)]
         else:
-            sigma = proxy_noise(base, [*common, (EPS_KEY, target)])
+            sigma = proxy_noise(base, [*common, (EPS_KEY, target)], plans)
             log(f"case {i} at ε = {target:g}: proxy σ' = {sigma:.4f}")
             noise = [(EPS_KEY, None), ("privacy.noise_multiplier", float(sigma))]
         for v in values:

@@ -9,7 +9,7 @@ steps. Seeded, so every process that builds it from the same config gets the sam
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -231,13 +231,20 @@ def _load(cfg: Experiment, method: Method, built: BuiltModel, remote, own, holds
     return clients, eval_data, public, histogram, left_out
 
 
-def client_plans(cfg: Experiment) -> list[tuple[int, float, int]]:
-    """(records, Poisson rate q, steps per round) of each client the config would build, from
-    the split and partition alone (no adapters, no cache, nothing trained or written)."""
+def client_plans(
+    cfg: Experiment, pools: tuple[str, ...] = ("private",)
+) -> dict[str, list[tuple[int, float, int]]]:
+    """Per data pool, the (records, Poisson rate q, steps per round) of each client the config
+    would build, from the split and partition alone (one model build for the tokenizer; no
+    adapters, no cache, nothing trained or written)."""
     method = make_method(cfg.method, seed=cfg.seed)
     built = build_model(cfg.model, seed=cfg.seed)
-    clients = _load(cfg, method, built, None, None, None)[0]
-    return [(c.spec.num_examples, c.sampling_rate, c.steps) for c in clients]
+    out = {}
+    for pool in pools:
+        pooled = replace(cfg, data=replace(cfg.data, pool=pool))
+        clients = _load(pooled, method, built, None, None, None)[0]
+        out[pool] = [(c.spec.num_examples, c.sampling_rate, c.steps) for c in clients]
+    return out
 
 
 def build_setup(
