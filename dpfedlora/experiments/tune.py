@@ -65,11 +65,11 @@ def proxy_noise(base: Path, overrides: list[tuple[str, Any]], plans: dict | None
     from ..methods import make_method
 
     cfg = load_config(base, nest_overrides(overrides))
+    method = make_method(cfg.method, seed=cfg.seed)
     plans = {} if plans is None else plans
-    # what the plans read: the data, the training schedule, the tokenizer, a method's share
+    # what the plans read: the data, the training schedule, the tokenizer, the method's share
     key = json.dumps(
-        [to_dict(cfg)[k] for k in ("data", "train", "model", "seed")]
-        + [getattr(cfg.method, "init", None), getattr(cfg.method, "init_public_fraction", None)],
+        [to_dict(cfg)[k] for k in ("data", "train", "model", "seed")] + [method.public_fraction()],
         sort_keys=True, default=str,
     )  # fmt: skip
     if key not in plans:
@@ -79,7 +79,7 @@ def proxy_noise(base: Path, overrides: list[tuple[str, Any]], plans: dict | None
         cfg.privacy,
         rounds=cfg.server.rounds,
         rates_and_steps=[(q, steps) for _, q, steps in private],
-        init=make_method(cfg.method, seed=cfg.seed).init_event(True),
+        init=method.init_event(True),
     )
     batches = [sum(n * q for n, q, _ in p) / len(p) for p in (proxy, private)]
     return sigma * batches[0] / batches[1]
