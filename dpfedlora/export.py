@@ -33,6 +33,7 @@ from .methods import Method, make_method
 from .methods.base import ExportedLoRA
 from .models.adapters import quiet_peft
 from .models.builders import BuiltModel, build_model
+from .models.label_head import with_label_head
 
 __all__ = ["ExportError", "load_run", "export_run", "load_exported"]
 
@@ -63,7 +64,7 @@ def load_run(run_dir: str | Path) -> FinishedRun:
         )
     cfg = load_config(run_dir / "config.yaml")
     method = make_method(cfg.method, seed=cfg.seed)
-    built = build_model(cfg.model, seed=cfg.seed)
+    built = with_label_head(cfg, build_model(cfg.model, seed=cfg.seed))
     with quiet_peft():
         model = method.setup(built, train_head=cfg.model.train_head)
     method.init_state()  # methods keep W0 from here (FedEx, FlexLoRA, full)
@@ -103,7 +104,8 @@ def _lora_config(run: FinishedRun, lora: dict[str, ExportedLoRA]):
 def _write_adapter(run: FinishedRun, lora: dict[str, ExportedLoRA], out: Path) -> None:
     from peft import get_peft_model
 
-    base = build_model(run.cfg.model, seed=run.cfg.seed)
+    # a label-word head is a module of the base's LM head: the adapter names it
+    base = with_label_head(run.cfg, build_model(run.cfg.model, seed=run.cfg.seed))
     with quiet_peft():
         peft_model = get_peft_model(base.model, _lora_config(run, lora))
     params = dict(peft_model.named_parameters())
@@ -143,6 +145,10 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
         "rebuild_base": "dpfedlora.models.builders.build_model(load_config("
         f"'{Path(run_dir) / 'config.yaml'}').model, seed={run.cfg.seed})",
     }
+    if run.cfg.model.label_head:
+        info["label_head"] = (
+            "wrap the base's LM head first: dpfedlora.models.label_head.with_label_head(cfg, built)"
+        )
     (out / "export.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
 
@@ -152,7 +158,7 @@ def load_exported(out: str | Path, cfg: Experiment) -> nn.Module:
     or the merged model's own ``from_pretrained``."""
     out = Path(out)
     info = json.loads((out / "export.json").read_text())
-    base = build_model(cfg.model, seed=cfg.seed).model
+    base = with_label_head(cfg, build_model(cfg.model, seed=cfg.seed)).model
     if info["kind"] == "peft_adapter":
         from peft import PeftModel
 

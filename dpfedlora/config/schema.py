@@ -105,6 +105,9 @@ class ModelConfig:
     target_modules: tuple[str, ...] = ()  # empty: detected from the architecture
     layers: tuple[int, ...] = ()  # adapt only these transformer layers (empty: all)
     train_head: bool = True  # classification head trained, sent and clipped with the adapters
+    # causal LM answering in label words: train a correction of the LM head's rows for the
+    # label words' first tokens (len(label_names) x (hidden + 1) numbers; models.label_head)
+    label_head: bool = False
     pooling: str = "model"  # model (the architecture's own head) | mean (masked mean + linear)
     num_labels: int = 2
     max_length: int = 32  # tokens per example (padding/truncation)
@@ -137,6 +140,11 @@ class ModelConfig:
         check_choice("model.dtype", self.dtype, DTYPES)
         check_choice("model.quantization", self.quantization, QUANTIZATIONS)
         check_choice("model.prompt_format", self.prompt_format, PROMPT_FORMATS)
+        for key in ("train_head", "label_head", "cache_frozen_prefix"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(
+                    f"`model.{key}` must be true or false. Found {getattr(self, key)!r}."
+                )
         if self.quantization != "none" and self.dtype == "float32":
             raise ConfigError(
                 f"`model.quantization` = {self.quantization} computes in a low precision: "
@@ -201,6 +209,10 @@ class DataConfig:
     # a share of the training pool marked public: taken out before partitioning, so it is in no
     # client's shard and using it costs no privacy (hyperparameter tuning, `dpfedlora tune`)
     public_fraction: float = 0.0
+    # the data seed whose public share this split uses (None: its own). A table that varies
+    # the split keeps the records a tuning read public in every cell: they leave this split's
+    # pool and held-out set wherever they fall (with any record of identical tokens)
+    public_seed: int | None = None
     # what the clients train on: private (their shards of the pool without the public share) |
     # public (proxy clients: the public share split like the pool, eval_fraction of it held out
     # for validation in place of the held-out set, which such a run never reads)
@@ -211,6 +223,10 @@ class DataConfig:
             raise ConfigError(f"`data.name` must be a dataset id or path. Found {self.name!r}.")
         if self.seed is not None:
             check_int("data.seed", self.seed, minimum=0, fix="Or null to follow `seed`.")
+        if self.public_seed is not None:
+            check_int(
+                "data.public_seed", self.public_seed, minimum=0, fix="Or null: the split's own."
+            )
         check_int("data.num_examples", self.num_examples, minimum=0, fix="0 means all.")
         check_number(
             "data.eval_fraction",
@@ -400,6 +416,11 @@ class Experiment:
         """The seed of the data split and partition: ``data.seed``, else ``seed``."""
         return self.seed if self.data.seed is None else self.data.seed
 
+    @property
+    def public_seed(self) -> int:
+        """The data seed that draws the public share: ``data.public_seed``, else the split's."""
+        return self.data_seed if self.data.public_seed is None else self.data.public_seed
+
     def __post_init__(self) -> None:
         check_int("seed", self.seed, minimum=0)
         if not isinstance(self.name, str) or not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
@@ -417,6 +438,12 @@ class Experiment:
                 f"`data.public_fraction` = {share:g} and `method.init_public_fraction` = "
                 f"{method_share:g} would mark two different public shares. Set them equal."
             )
+        if self.data.public_seed is not None and share <= 0 and method_share <= 0:
+            raise ConfigError(
+                f"`data.public_seed` = {self.data.public_seed} names the split whose public "
+                f"share to use, but `data.public_fraction` = {share:g} marks none. Set "
+                "data.public_fraction, or data.public_seed=null."
+            )
         if self.data.pool == "public" and share <= 0 and method_share <= 0:
             raise ConfigError(
                 "`data.pool` = public trains proxy clients on the public share, but "
@@ -427,6 +454,13 @@ class Experiment:
             raise ConfigError(
                 "`train.causal_lm_loss` = label_words needs data.label_names (the answer words). "
                 "Found none. Set data.label_names, or use train.causal_lm_loss=response."
+            )
+        if self.model.label_head and not (self.data.label_names and self.model.train_head):
+            raise ConfigError(
+                "`model.label_head` = true trains the LM head's rows for the label words, which "
+                f"needs data.label_names (found {list(self.data.label_names)}) and "
+                f"model.train_head=true (found {self.model.train_head}). Set both, or "
+                "model.label_head=false."
             )
         if init == "private" and self.model.dtype != "float32" and self.privacy.private:
             # the gradient initialisation clips per-sample gradients of the *base* weights,

@@ -148,15 +148,16 @@ def _candidates(base: Path, settings, key: str, values: list[Any], log) -> list[
 
 def _check_one_public_share(sweep_file: Path) -> None:
     """Every cell of the sweep must hold the same public share as the proxies: the share is
-    drawn with the data seed, so a cell with another one could hold the tuning records in its
-    private shards, and the chosen value would depend on them."""
+    drawn with the data seed (or ``data.public_seed``), so a cell with another one could hold
+    the tuning records in its private shards, and the chosen value would depend on them."""
     base, cells = load_sweep(sweep_file)
-    seeds = {load_config(base, nest_overrides(list(c.overrides))).data_seed for c in cells}
+    seeds = {load_config(base, nest_overrides(list(c.overrides))).public_seed for c in cells}
     if len(seeds) > 1:
         raise ConfigError(
             f"tune: the sweep's cells draw their public share with {len(seeds)} different data "
             f"seeds {sorted(seeds)} (data.seed follows seed unless set), so the records tuned on "
-            "would be private in some cells. Fix the split: add `data.seed: [0]` to the grid."
+            "would be private in some cells. Fix the split (`data.seed: [0]` in the grid), or "
+            "fix the public share alone (`data.public_seed: [0]`)."
         )
 
 

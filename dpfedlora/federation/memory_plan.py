@@ -24,6 +24,7 @@ from ..models.builders import (
     MeanPoolClassifier,
     detect_targets,
 )
+from ..models.label_head import install_label_head
 from ..models.memory import MemoryPlan
 from ..models.precision import resolve_device, torch_dtype
 from ..models.shapes import SHAPES, meta_model
@@ -117,6 +118,8 @@ def plan_config(cfg: Experiment, *, free: int | None = None) -> MemoryReport:
     if isinstance(model, MeanPoolClassifier):
         head = "classifier"
     built = BuiltModel(model, model_type, targets, fifo, head, 0, None, cfg.model.layers)
+    if cfg.model.label_head:  # the same shapes as the real label words' rows
+        built = install_label_head(built, range(len(cfg.data.label_names)))
     method = make_method(cfg.method, seed=cfg.seed)
     adapted = method.setup(built, train_head=cfg.model.train_head)
     trainable = method.trainable_union()

@@ -24,6 +24,7 @@ from ..data.tensors import TensorData
 from ..methods import ClientSpec, Method, make_method
 from ..models.builders import BuiltModel, build_model
 from ..models.checkpointing import enable_checkpointing
+from ..models.label_head import with_label_head
 from ..models.precision import float32_trainables
 from ..tasks import TASKS
 from .advice import shard_warnings
@@ -100,14 +101,34 @@ def public_share(cfg: Experiment, method: Method) -> float:
     return cfg.data.public_fraction or method.public_fraction()
 
 
-def _split_public(cfg: Experiment, method: Method, train: TensorData):
-    """(public, private pool): the public share never is also a client's record."""
+def _split_public(cfg: Experiment, method: Method, train: TensorData, held_out: TensorData, tok):
+    """(public share, private pool, held-out set): the public share never is also a client's
+    record. With ``data.public_seed`` naming another split, the share is that split's, and its
+    records (and any of identical tokens) leave this split's pool and held-out set."""
     fraction = public_share(cfg, method)
     if fraction <= 0:
-        return None, train
-    perm = np.random.default_rng(cfg.data_seed + 7919).permutation(len(train))
+        return None, train, held_out
+    if cfg.public_seed == cfg.data_seed:
+        public, train = _carve(train, fraction, cfg.data_seed)
+        return public, train, held_out
+    other = load_data(cfg.data, cfg.model, seed=cfg.public_seed, tokenizer=tok)[0]
+    public = _carve(other, fraction, cfg.public_seed)[0]
+    marked = {_tokens(public, i) for i in range(len(public))}
+    return public, _without(train, marked), _without(held_out, marked)
+
+
+def _carve(train: TensorData, fraction: float, seed: int) -> tuple[TensorData, TensorData]:
+    perm = np.random.default_rng(seed + 7919).permutation(len(train))
     k = max(1, int(fraction * len(train)))
     return train.subset(perm[:k]), train.subset(np.sort(perm[k:]))
+
+
+def _tokens(data: TensorData, i: int) -> bytes:
+    return data.input_ids[i][data.attention_mask[i].bool()].numpy().tobytes()
+
+
+def _without(data: TensorData, marked: set[bytes]) -> TensorData:
+    return data.subset([i for i in range(len(data)) if _tokens(data, i) not in marked])
 
 
 def _proxy_pool(cfg: Experiment, public: TensorData | None) -> tuple[TensorData, TensorData]:
@@ -119,7 +140,9 @@ def _proxy_pool(cfg: Experiment, public: TensorData | None) -> tuple[TensorData,
             "`data.pool` = public needs a public share of at least 2 records. Found "
             f"{0 if public is None else len(public)}. Raise data.public_fraction."
         )
-    tr, val = stratified_split(public.class_labels, cfg.data.eval_fraction, cfg.data_seed + 104729)
+    tr, val = stratified_split(
+        public.class_labels, cfg.data.eval_fraction, cfg.public_seed + 104729
+    )
     return public.subset(tr), public.subset(val)
 
 
@@ -207,7 +230,7 @@ def _load(cfg: Experiment, method: Method, built: BuiltModel, remote, own, holds
         # a node evaluates nothing: its held-out set is empty
         return clients, clients[0].data.subset([]), None, hist, 0
     train, eval_data = load_data(cfg.data, cfg.model, seed=cfg.data_seed, tokenizer=built.tokenizer)
-    public, train = _split_public(cfg, method, train)
+    public, train, eval_data = _split_public(cfg, method, train, eval_data, built.tokenizer)
     if cfg.data.pool == "public":
         # the validation part stays out of everything that trains (a public init included)
         train, eval_data = _proxy_pool(cfg, public)
@@ -266,7 +289,7 @@ def build_setup(
       theirs goes through the frozen-prefix cache); no held-out set is kept.
     """
     method = make_method(cfg.method, seed=cfg.seed)
-    built = build_model(cfg.model, seed=cfg.seed)
+    built = with_label_head(cfg, build_model(cfg.model, seed=cfg.seed))
     clients, eval_data, public, histogram, left_out = _load(cfg, method, built, remote, own, holds)
     sizes = [c.spec.num_examples for c in clients]
     warnings = shard_warnings(cfg, sizes, [c.sampling_rate for c in clients], left_out)

@@ -201,3 +201,49 @@ def test_tune_refuses_cells_whose_public_share_moves_with_the_seed(tmp_path, cap
     rc = main(["tune", str(sweep), "--values", "0.01", "--out", str(tmp_path / "t")])
     assert rc == 2 and "data.seed" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+def test_another_split_keeps_the_public_share_of_data_public_seed():
+    # the share data seed 0 marks public, used by a split drawn with data seed 1 (real data:
+    # the synthetic set draws other records per seed)
+    share = {"public_fraction": 0.25, "name": "builtin:sms_spam", "label_names": ["ham", "spam"]}
+    model = {"name": "builtin:minilm", "max_length": 32}
+
+    def pools(**data):
+        return _pools({"model": model, "data": {**share, **data}})
+
+    _, _, _, public0 = pools(seed=0)
+    _, private1, test1, public1 = pools(seed=1, public_seed=0)
+    _, _, test1_own, own1 = pools(seed=1)
+    _, proxies, validation, _ = pools(seed=1, public_seed=0, pool="public")
+    _, proxies0, validation0, _ = pools(seed=0, pool="public")
+    public_rows = set(_rows(public0))
+    assert set(_rows(public1)) == public_rows != set(_rows(own1))
+    private_rows = {r for c in private1 for r in _rows(c.data)}
+    assert private_rows and not private_rows & public_rows
+    assert not set(_rows(test1)) & public_rows
+    # the held-out set is split 1's own, less the records the share took (none is new)
+    assert set(_rows(test1)) <= set(_rows(test1_own))
+    lost = set(_rows(test1_own)) - set(_rows(test1))
+    assert lost == set(_rows(test1_own)) & public_rows and lost
+    # proxies and their validation are the ones the tuning (data seed 0) used
+    assert set(_rows(validation)) == set(_rows(validation0))
+    assert {r for c in proxies for r in _rows(c.data)} == {
+        r for c in proxies0 for r in _rows(c.data)
+    }
+    with pytest.raises(ConfigError, match="data.public_seed"):
+        load_config(TINY, {"data": {"public_seed": 0}})
+
+
+def test_tune_accepts_splits_that_share_one_public_share(tmp_path):
+    from dpfedlora.experiments.tune import _check_one_public_share
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        f"base: {TINY}\ngrid:\n  data.public_fraction: [0.3]\n  data.seed: [1, 2]\n"
+        "  data.public_seed: [0]\n"
+    )
+    _check_one_public_share(sweep)  # no error: every cell holds data seed 0's share
+    sweep.write_text(f"base: {TINY}\ngrid:\n  data.public_fraction: [0.3]\n  data.seed: [1, 2]\n")
+    with pytest.raises(ConfigError, match="data.public_seed"):
+        _check_one_public_share(sweep)
