@@ -12,6 +12,7 @@ Every ``model.task`` choice is made here, once; the rest of the toolkit asks ``T
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,11 +115,27 @@ def label_word_loss(model: nn.Module, batch: TensorData, *, ids: list[int]) -> t
     head."""
     at = answer_positions(batch)
     keep = at.unique()  # sorted
-    logits = _forward_logits(model, batch, keep)
+    with _label_rows_only(model, ids) as columns:
+        logits = _forward_logits(model, batch, keep)
     rows = torch.arange(len(batch), device=logits.device)
-    log_probs = _renormalised(logits[rows, torch.searchsorted(keep, at)], ids)
+    log_probs = _renormalised(logits[rows, torch.searchsorted(keep, at)], columns)
     target = torch.as_tensor(batch.classes, device=log_probs.device, dtype=torch.long)
     return nn.functional.nll_loss(log_probs, target, reduction="none")
+
+
+@contextlib.contextmanager
+def _label_rows_only(model: nn.Module, ids: list[int]):
+    """A label-word head for exactly ``ids`` (models.label_head) computes only their rows
+    inside; yields where the label words' logits then are (else ``ids`` of the full head)."""
+    head = next((m for m in model.modules() if hasattr(m, "rows_only")), None)
+    if head is None or head.ids.tolist() != list(ids):
+        yield list(ids)
+        return
+    head.rows_only = True
+    try:
+        yield list(range(len(ids)))
+    finally:
+        head.rows_only = False
 
 
 CAUSAL_LM_LOSSES = ("response", "label_words")

@@ -115,8 +115,34 @@ def test_refused_where_it_cannot_apply():
         tiny_cfg("model.name=builtin:tiny-llama", "model.task=causal_lm", "model.label_head=true")
     with pytest.raises(ConfigError, match=r"model.train_head=true \(found False\)"):
         tiny_cfg(*CAUSAL, "model.label_head=true", "model.train_head=false")
-    with pytest.raises(ConfigError, match="`model.label_head` must be true or false. Found 'maybe'"):
+    with pytest.raises(
+        ConfigError, match="`model.label_head` must be true or false. Found 'maybe'"
+    ):
         tiny_cfg(*CAUSAL, "model.label_head=maybe")
     # a classifier (no label words to answer with) is refused before anything is built
     with pytest.raises(ConfigError, match="needs a causal LM answering in words"):
         tiny_setup("data.label_names=[a, b]", "model.label_head=true")
+
+
+def test_the_label_word_loss_reads_only_the_label_rows_with_the_same_value(word_ids):
+    fed = tiny_setup(*CAUSAL, "model.label_head=true", "method.name=ffa")
+    model = fed.model
+    head = next(m for m in model.modules() if isinstance(m, LabelWordHead))
+    with torch.no_grad():  # a non-zero correction, so the rows-only path must add it
+        for n, p in model.named_parameters():
+            if ".delta." in n:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    data = fed.clients[0].data.subset(range(5))
+    data.classes = np.array([1, 0, 1, 1, 0])
+    batch = data.trimmed()
+    widths = []
+    handle = head.register_forward_hook(lambda m, a, o: widths.append(o.shape[-1]))
+    loss = label_word_loss(model, batch, ids=IDS)
+    handle.remove()
+    assert widths == [len(IDS)] and not head.rows_only  # only the label rows, flag restored
+    # independent: every logit of the full vocabulary, the answer position, a 2-way softmax
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    first = (batch.labels != -100).int().argmax(1)
+    at = logits[torch.arange(5), (first - 1).clamp(min=0)][:, IDS].float()
+    ref = -at.log_softmax(-1)[torch.arange(5), torch.as_tensor(batch.classes)]
+    torch.testing.assert_close(loss, ref, atol=1e-6, rtol=1e-5)
