@@ -13,6 +13,10 @@ from .tasks import TASKS
 __all__ = ["evaluate", "predict_logits"]
 
 
+# logits one evaluation batch of a causal LM may hold (float32: 1 GiB)
+EVAL_LOGITS_BUDGET = 2**28
+
+
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -39,6 +43,9 @@ def evaluate(
 
         log_prior = label_log_prior(model, calibration, label_token_ids)
     losses, preds = [], []
+    if spec.needs_decoder:  # B x T x vocab logits: SmolLM2's 49k words at B 256 are 4 GB
+        per_example = data.input_ids.shape[1] * int(getattr(model.config, "vocab_size", 1))
+        batch_size = max(1, min(batch_size, EVAL_LOGITS_BUDGET // max(per_example, 1)))
     # Batches of similar length waste little on padding; results are put back in data order.
     order = torch.argsort(data.attention_mask.sum(1), stable=True)
     device = _device(model)

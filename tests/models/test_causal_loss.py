@@ -4,6 +4,7 @@ and gradients as the loss over every position's logits."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -93,3 +94,21 @@ def test_label_word_loss_is_the_cross_entropy_over_the_label_words_at_the_answer
 
     with pytest.raises(ConfigError, match="train.causal_lm_loss"):
         load_config("configs/tiny.yaml", {"train": {"causal_lm_loss": "label_words"}})
+
+
+def test_causal_lm_evaluation_batches_fit_the_logits_budget_with_the_same_metrics(monkeypatch):
+    import dpfedlora.evaluate as ev
+
+    setup = tiny_setup(*CAUSAL, "method.name=ffa")
+    data = setup.eval_data.subset(range(40))
+    whole = ev.evaluate(setup.model, data, task="causal_lm", num_labels=2)
+    sizes = []
+    forward = setup.model.forward
+    monkeypatch.setattr(
+        setup.model, "forward", lambda **kw: sizes.append(len(kw["input_ids"])) or forward(**kw)
+    )
+    per_example = data.input_ids.shape[1] * setup.model.config.vocab_size
+    monkeypatch.setattr(ev, "EVAL_LOGITS_BUDGET", 7 * per_example)
+    small = ev.evaluate(setup.model, data, task="causal_lm", num_labels=2)
+    assert max(sizes) == 7 and sum(sizes) == 40  # 1 GiB of logits on SmolLM2: 68 examples
+    assert small["loss"] == pytest.approx(whole["loss"], rel=1e-6)
