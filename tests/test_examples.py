@@ -83,6 +83,12 @@ def test_causal_lm_tiny(tmp_path):
             "--set",
             "data.label_names=[]",
             "--set",
+            "model.label_head=false",
+            "--set",
+            "data.label_calibration=none",
+            "--set",
+            "train.causal_lm_loss=response",
+            "--set",
             "data.num_examples=300",
             *SHORT,
         ]
