@@ -6,7 +6,7 @@ warm-up pair); both losses are checked equal. SmolLM2-135M-Instruct by default (
 ``make .venv/.weights-examples``); ``--config`` takes any causal-LM config.
 
     .venv/bin/python benchmarks/bench_lm_head.py
-    .venv/bin/python benchmarks/bench_lm_head.py --config configs/causal_lm_smollm2.yaml --batch 32
+    .venv/bin/python benchmarks/bench_lm_head.py --config configs/causal_lm_smollm2_top2.yaml --batch 32
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/causal_lm_smollm2.yaml")
+    ap.add_argument("--config", default="configs/causal_lm_smollm2_top2.yaml")
     ap.add_argument("--batch", type=int, default=16, help="examples per step")
     ap.add_argument("--repeats", type=int, default=5, help="timed pairs (median reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
