@@ -6,7 +6,8 @@ warm-up pair); both losses are checked equal. SmolLM2-135M-Instruct by default (
 ``make .venv/.weights-examples``); ``--config`` takes any causal-LM config.
 
     .venv/bin/python benchmarks/bench_lm_head.py
-    .venv/bin/python benchmarks/bench_lm_head.py --config configs/causal_lm_smollm2_top2.yaml --batch 32
+    .venv/bin/python benchmarks/bench_lm_head.py --config configs/causal_lm_smollm2_top2.yaml \
+        --batch 32
 """
 
 from __future__ import annotations
