@@ -8,13 +8,20 @@ import torch
 from torch import nn
 
 from .data.tensors import TensorData
-from .tasks import TASKS
+from .tasks import TASKS, forward_logits
 
 __all__ = ["evaluate", "predict_logits"]
 
 
 # logits one evaluation batch of a causal LM may hold (float32: 1 GiB)
 EVAL_LOGITS_BUDGET = 2**28
+
+
+class _Kept:
+    """A forward's output holding the logits of the kept positions only."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -51,10 +58,16 @@ def evaluate(
     device = _device(model)
     for start in range(0, len(data), batch_size):
         batch = data.subset(order[start : start + batch_size]).trimmed().to(device)
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        # the loss functions call model(...).logits: hand them this forward's output
+        keep = spec.eval_positions(batch)
+        if keep is None:
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        else:  # the logits of the positions the loss and predictions read
+            keep = keep.to(device)
+            out = _Kept(forward_logits(model, batch, keep))
+        # the loss functions call model(...).logits: hand them this forward's output (the
+        # causal loss asks for the same positions, so it takes the logits as they are)
         losses.append(spec.loss(lambda _o=out, **_: _o, batch).float().cpu())
-        pred = spec.predict(out.logits, batch, label_token_ids, log_prior=log_prior)
+        pred = spec.predict(out.logits, batch, label_token_ids, log_prior=log_prior, keep=keep)
         if pred is not None:
             preds.append(pred.cpu())
     model.train(was_training)

@@ -27,7 +27,7 @@ from .data.rows import Rows, class_ids, column
 from .data.tensors import TensorData
 from .metrics import classification_metrics
 
-__all__ = ["Task", "TASKS", "register_task", "task_of", "label_word_log_probs"]
+__all__ = ["Task", "TASKS", "register_task", "task_of", "label_word_log_probs", "forward_logits"]
 
 Loss = Callable[[nn.Module, TensorData], torch.Tensor]
 
@@ -39,7 +39,8 @@ class Task:
     tokenize: Callable[[Rows, DataConfig, ModelConfig, Any], TensorData]
     synthetic: Callable[[torch.Tensor, torch.Tensor, np.ndarray], TensorData]
     columns: Callable[[DataConfig], list[tuple[str, str]]]  # (config key, column) it reads
-    # (logits, batch, label token ids, log prior of the label words or None) -> predictions
+    # (logits, batch, label token ids, log prior of the label words or None, keep=positions
+    # the logits are of, None: all) -> predictions
     predict: Callable[..., torch.Tensor | None]
     metrics: Callable[[float, np.ndarray | None, TensorData, int, list[int] | None], dict]
     auto_class: str  # transformers Auto class for pretrained weights
@@ -48,6 +49,9 @@ class Task:
     needs_decoder: bool  # an encoder-only architecture cannot train it
     labels_are_classes: bool  # batch.labels are class ids (input canaries need that)
     prefix_cacheable: bool  # the frozen-prefix cache supports its models
+    # batch -> the sequence positions whose logits its loss and predictions read (None: the
+    # model's output has no sequence axis); evaluation computes only those
+    eval_positions: Callable[[TensorData], torch.Tensor | None] = lambda batch: None
 
     def label_token_ids(
         self, tokenizer: Any, data: DataConfig, model: ModelConfig
@@ -98,7 +102,7 @@ def _causal_lm_loss(model: nn.Module, batch: TensorData) -> torch.Tensor:
     and the other positions' logits have no gradient anyway. A model that ignores the argument
     returns every position, which is indexed the same way."""
     keep = _loss_positions(batch)
-    logits = _forward_logits(model, batch, keep)
+    logits = forward_logits(model, batch, keep)
     targets = batch.labels[:, keep + 1]
     mask = (targets != -100).float()
     tok = nn.functional.cross_entropy(
@@ -116,7 +120,7 @@ def label_word_loss(model: nn.Module, batch: TensorData, *, ids: list[int]) -> t
     at = answer_positions(batch)
     keep = at.unique()  # sorted
     with _label_rows_only(model, ids) as columns:
-        logits = _forward_logits(model, batch, keep)
+        logits = forward_logits(model, batch, keep)
     rows = torch.arange(len(batch), device=logits.device)
     log_probs = _renormalised(logits[rows, torch.searchsorted(keep, at)], columns)
     target = torch.as_tensor(batch.classes, device=log_probs.device, dtype=torch.long)
@@ -141,7 +145,7 @@ def _label_rows_only(model: nn.Module, ids: list[int]):
 CAUSAL_LM_LOSSES = ("response", "label_words")
 
 
-def _forward_logits(model: nn.Module, batch: TensorData, keep: torch.Tensor) -> torch.Tensor:
+def forward_logits(model: nn.Module, batch: TensorData, keep: torch.Tensor) -> torch.Tensor:
     """Logits at the sequence positions ``keep`` only ([B, len(keep), V])."""
     try:
         out = model(
@@ -202,18 +206,26 @@ def _renormalised(at: torch.Tensor, ids: list[int]) -> torch.Tensor:
     return at[:, ids].float().log_softmax(-1)
 
 
-def label_word_log_probs(logits: torch.Tensor, batch: TensorData, ids: list[int]) -> torch.Tensor:
+def label_word_log_probs(
+    logits: torch.Tensor, batch: TensorData, ids: list[int], keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """log p of each label word's first token where the answer starts, renormalised over the
-    label words ([B, len(ids)], float32)."""
-    return _renormalised(logits[torch.arange(len(batch)), answer_positions(batch)], ids)
+    label words ([B, len(ids)], float32). ``logits`` are of every position, or of the sorted
+    positions ``keep`` (which hold the answer positions)."""
+    at = answer_positions(batch).to(logits.device)
+    if keep is not None:
+        at = torch.searchsorted(keep.to(logits.device), at)
+    return _renormalised(logits[torch.arange(len(batch), device=logits.device), at], ids)
 
 
-def _label_word_predictions(logits, batch: TensorData, ids: list[int] | None, log_prior=None):
+def _label_word_predictions(
+    logits, batch: TensorData, ids: list[int] | None, log_prior=None, keep=None
+):
     """Class whose label word's first token is most likely where the answer starts (divided
     by the content-free prior when ``log_prior`` is given: :mod:`dpfedlora.calibration`)."""
     if not ids:
         return None
-    scores = label_word_log_probs(logits, batch, ids)
+    scores = label_word_log_probs(logits, batch, ids, keep)
     if log_prior is not None:
         scores = scores - log_prior.to(scores.device)
     return scores.argmax(-1)
@@ -247,7 +259,7 @@ register_task(
             ids, mask, torch.from_numpy(classes), None, classes
         ),
         columns=lambda d: [("text_column", d.text_column), ("label_column", d.label_column)],
-        predict=lambda logits, batch, ids, log_prior=None: logits.argmax(-1),
+        predict=lambda logits, batch, ids, log_prior=None, keep=None: logits.argmax(-1),
         metrics=_classification_metrics,
         auto_class="AutoModelForSequenceClassification",
         tiny_llama_class="LlamaForSequenceClassification",
@@ -277,6 +289,9 @@ register_task(
         needs_decoder=True,
         labels_are_classes=False,
         prefix_cacheable=True,
+        # the answer position is a loss position: a few positions per example, not all of
+        # them through a 49k-word head
+        eval_positions=_loss_positions,
     )
 )
 

@@ -25,9 +25,11 @@ Cells with the same resolved config are run once.
 
 Each cell is a run directory ``<out>/cells/<config hash>``: its identity is the hash of the
 resolved config, so rerunning skips completed cells and resumes incomplete ones, and a changed
-base config yields new cells (reported, never mixed with the old results). Each cell runs in its
-own process (``dpfedlora run ... --resume``): a failed cell is reported with its error and does
-not stop the sweep.
+base config yields new cells (reported, never mixed with the old results). A cell whose directory
+was named by an older version of the config schema (a key added since, at its default value, so
+the same run) keeps that directory: upgrading dpfedlora does not rerun a finished sweep. Each
+cell runs in its own process (``dpfedlora run ... --resume``): a failed cell is reported with its
+error and does not stop the sweep.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError, load_config, nest_overrides
+from ..federation.resume import differences_from
 from ..federation.rundir import config_hash
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "read_sweep",
     "run_sweep",
     "default_jobs",
+    "locate_cells",
 ]
 
 
@@ -147,6 +151,35 @@ def default_jobs() -> int:
     return max(1, min(cores // 2, int(mem_gb // 6)))
 
 
+def _started_config(cell_dir: Path) -> dict[str, Any] | None:
+    try:
+        cfg = yaml.safe_load((cell_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def locate_cells(out: Path, base: Path, cells: list[Cell]) -> dict[str, Path]:
+    """Each cell's run directory (by config hash): ``<out>/cells/<hash>``, or an existing cell
+    directory whose run has the same config but was started before a key with a default
+    value joined the schema (its hash differs; its run, ledger and results are this cell's)."""
+    root = out / "cells"
+    where = {c.config_hash: root / c.name for c in cells}
+    taken = {p.name for p in where.values()}
+    others = sorted(root.iterdir()) if root.is_dir() else []
+    orphans = {d: _started_config(d) for d in others if d.is_dir() and d.name not in taken}
+    for cell in cells:
+        if where[cell.config_hash].exists() or not orphans:
+            continue
+        cfg = load_config(base, nest_overrides(list(cell.overrides)))
+        for d, started in list(orphans.items()):
+            if started is not None and not differences_from(started, cfg):
+                where[cell.config_hash] = d
+                del orphans[d]
+                break
+    return where
+
+
 def _status(cell_dir: Path) -> str:
     if (cell_dir / "summary.json").exists():
         return "done"
@@ -212,16 +245,21 @@ def run_sweep(
                 "(base config edited?): they run as new cells; the old results stay in their "
                 "own directories and are not in this sweep's report."
             )
+    where = locate_cells(out, base, cells)
     manifest = {
         "sweep_file": str(Path(sweep_file).resolve()),
         "base": str(base),
         "cells": [
-            {"overrides": c.overrides, "config_hash": c.config_hash, "dir": f"cells/{c.name}"}
+            {
+                "overrides": c.overrides,
+                "config_hash": c.config_hash,
+                "dir": where[c.config_hash].relative_to(out).as_posix(),
+            }
             for c in cells
         ],
     }
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-    todo = [c for c in cells if _status(out / "cells" / c.name) != "done"]
+    todo = [c for c in cells if _status(where[c.config_hash]) != "done"]
     skipped = len(cells) - len(todo)
     jobs = jobs or default_jobs()
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -233,16 +271,22 @@ def run_sweep(
 
         bar = tqdm(total=len(todo), desc="cells", unit="cell")
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_run_cell, base, c, out / "cells" / c.name, threads) for c in todo]
+        futures = [pool.submit(_run_cell, base, c, where[c.config_hash], threads) for c in todo]
         for fut in as_completed(futures):
             cell, error, seconds = fut.result()
             if error:
-                failed[cell.name] = error
+                failed[where[cell.config_hash].name] = error
                 (bar.write if bar else log)(
-                    f"cell {cell.name} {dict(cell.overrides)} FAILED: {error}"
+                    f"cell {where[cell.config_hash].name} {dict(cell.overrides)} FAILED: {error}"
                 )
             if bar:
                 bar.update(1)
     if bar:
         bar.close()
-    return {"cells": len(cells), "ran": len(todo), "skipped": skipped, "failed": failed}
+    return {
+        "cells": len(cells),
+        "ran": len(todo),
+        "skipped": skipped,
+        "failed": failed,
+        "dirs": {h: str(d) for h, d in where.items()},
+    }

@@ -236,8 +236,8 @@ def tune(
             "case": c.case,
             "target_epsilon": c.target,
             "value": c.value,
-            "cell": cell.name,
-            "metrics": _score(out / "cells" / cell.name),
+            "cell": Path(result["dirs"][cell.config_hash]).name,
+            "metrics": _score(Path(result["dirs"][cell.config_hash])),
         }
         for c, cell in zip(candidates, cells)
     ]

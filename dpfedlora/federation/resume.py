@@ -14,9 +14,16 @@ from typing import Any
 
 from accounting import Ledger
 
+from ..config import Experiment, method_config_class, to_dict
 from ..errors import UserError
 
-__all__ = ["ResumeError", "ledger_pin", "check_ledger", "config_differences"]
+__all__ = [
+    "ResumeError",
+    "ledger_pin",
+    "check_ledger",
+    "config_differences",
+    "differences_from",
+]
 
 
 class ResumeError(UserError, RuntimeError):
@@ -81,3 +88,10 @@ def config_differences(
         if a.get(k, "<unset>") != b.get(k, "<unset>")
         and not (k not in a and k in d and b.get(k) == d[k])
     ]
+
+
+def differences_from(old: dict[str, Any], cfg: Experiment) -> list[str]:
+    """What ``cfg`` changes in a run that was started with the resolved config ``old``; keys
+    added to the config since that run count only when ``cfg`` sets them off their default."""
+    defaults = to_dict(Experiment(method=method_config_class(cfg.method.name)()))
+    return config_differences(old, to_dict(cfg), defaults)

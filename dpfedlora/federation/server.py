@@ -33,7 +33,7 @@ from accounting import Ledger
 
 from ..client import Budget, Client
 from ..client.grad_sample import is_auto
-from ..config import Experiment, method_config_class, to_dict
+from ..config import Experiment, to_dict
 from ..errors import UserError
 from ..evaluate import evaluate
 from ..interrupts import StopRequest
@@ -43,7 +43,7 @@ from ..noise import derive_generator
 from ..progress import progress_bar, round_line, write_line
 from ..wire import Broadcast, Reply
 from .planning import plan_noise
-from .resume import ResumeError, check_ledger, config_differences, ledger_pin
+from .resume import ResumeError, check_ledger, differences_from, ledger_pin
 from .rundir import RunDir, config_hash
 from .setup import Setup, build_setup
 from .state import RunState
@@ -240,8 +240,7 @@ class Federation:
             return None
         diff = []
         if ckpt["config_hash"] != config_hash(cfg):
-            defaults = to_dict(Experiment(method=method_config_class(cfg.method.name)()))
-            diff = config_differences(ckpt.get("config", {}), to_dict(cfg), defaults)
+            diff = differences_from(ckpt.get("config", {}), cfg)
         if ckpt["config_hash"] != config_hash(cfg) and (diff or not ckpt.get("config")):
             raise RunError(
                 f"{self.dir.path} was started with a different config; cannot resume. "

@@ -112,3 +112,39 @@ def test_causal_lm_evaluation_batches_fit_the_logits_budget_with_the_same_metric
     small = ev.evaluate(setup.model, data, task="causal_lm", num_labels=2)
     assert max(sizes) == 7 and sum(sizes) == 40  # 1 GiB of logits on SmolLM2: 68 examples
     assert small["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+
+
+def test_causal_lm_evaluation_reads_only_the_loss_positions_with_the_same_metrics():
+    """Evaluation sends only the loss positions through the LM head; its loss and label-word
+    predictions equal an independent computation from every position's logits."""
+    import dpfedlora.evaluate as ev
+    from dpfedlora.metrics import classification_metrics
+
+    setup = tiny_setup(*CAUSAL, "method.name=ffa")
+    model = setup.model
+    data = setup.eval_data.subset(range(30))
+    ids = [7, 11]  # two token ids as the label words (the synthetic data has classes)
+    assert data.classes is not None
+    labels = torch.full_like(data.labels, -100)
+    for i in range(len(data)):  # 2-token answers starting at 10 to 14
+        s = 10 + i % 5
+        labels[i, s : s + 2] = data.input_ids[i, s : s + 2]
+    data.labels = labels
+    seen = []
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda m, a, o: seen.append(a[0].shape[1])
+    )
+    got = ev.evaluate(model, data, task="causal_lm", num_labels=2, label_token_ids=ids)
+    handle.remove()
+    assert max(seen) <= 6  # positions 9 to 14, not all 31
+    with torch.no_grad():
+        batch = data.trimmed()
+        loss = _full_logits_loss(model, batch)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        first = (batch.labels != -100).int().argmax(1)
+        at = logits[torch.arange(len(batch)), first - 1][:, ids]
+        pred = at.argmax(-1).numpy()
+    assert got["loss"] == pytest.approx(float(loss.mean()), rel=1e-5)
+    ref = classification_metrics(pred, data.classes, 2)
+    assert got["label_word_balanced_accuracy"] == pytest.approx(ref["balanced_accuracy"])
+    assert got["label_word_accuracy"] == pytest.approx(ref["accuracy"])

@@ -37,6 +37,48 @@ def test_bad_sweep_files(tmp_path):
         load_sweep(f)
 
 
+def test_a_cell_started_before_a_schema_key_was_added_keeps_its_directory(tmp_path):
+    """Upgrading dpfedlora adds config keys (at defaults that keep the old behaviour): the hash
+    of every cell changes, but a finished cell is the same run and must not run again."""
+    import yaml
+
+    from dpfedlora.config import load_config, nest_overrides, to_dict
+    from dpfedlora.experiments.sweep import locate_cells
+
+    base, cells = load_sweep(TINY_SWEEP)
+    out = tmp_path / "sweep"
+    a, b, c = cells[0], cells[1], cells[2]
+
+    def started(cell, **edits):  # the resolved config a run wrote to its config.yaml
+        cfg = to_dict(load_config(base, nest_overrides(list(cell.overrides))))
+        for dotted, value in edits.items():
+            *path, leaf = dotted.split("__")
+            node = cfg
+            for k in path:
+                node = node[k]
+            if value is None:
+                del node[leaf]  # the key did not exist yet
+            else:
+                node[leaf] = value
+        return cfg
+
+    old = {
+        "0ld0ld0ld0ld": started(a, model__label_head=None, data__public_seed=None),
+        "d1ffd1ffd1ff": started(b, model__label_head=None, train__lr=0.5),  # another run
+        "3a5e3a5e3a5e": started(c, model__label_head=True),  # not at the default: another run
+    }
+    for name, cfg in old.items():
+        (out / "cells" / name).mkdir(parents=True)
+        (out / "cells" / name / "config.yaml").write_text(yaml.safe_dump(cfg))
+    where = locate_cells(out, base, cells)
+    assert where[a.config_hash].name == "0ld0ld0ld0ld"
+    assert where[b.config_hash].name == b.name and where[c.config_hash].name == c.name
+    assert all(where[x.config_hash].name == x.name for x in cells[3:])
+    # a cell whose own directory exists keeps it, even if an old one matches too
+    (out / "cells" / a.name).mkdir()
+    assert locate_cells(out, base, cells)[a.config_hash].name == a.name
+
+
 def test_cases_cross_the_grid_and_pin_their_own_keys(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text(
