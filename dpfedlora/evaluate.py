@@ -58,12 +58,13 @@ def evaluate(
     device = _device(model)
     for start in range(0, len(data), batch_size):
         batch = data.subset(order[start : start + batch_size]).trimmed().to(device)
-        keep = spec.eval_positions(batch)
-        if keep is None:
+        read = spec.eval_positions(batch)
+        keep = None
+        if read is None:
             out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         else:  # the logits of the positions the loss and predictions read
-            keep = keep.to(device)
-            out = _Kept(forward_logits(model, batch, keep))
+            keep = read.any(0).nonzero().flatten()
+            out = _Kept(forward_logits(model, batch, keep, read))
         # the loss functions call model(...).logits: hand them this forward's output (the
         # causal loss asks for the same positions, so it takes the logits as they are)
         losses.append(spec.loss(lambda _o=out, **_: _o, batch).float().cpu())

@@ -26,6 +26,7 @@ from .config import DataConfig, ModelConfig
 from .data.rows import Rows, class_ids, column
 from .data.tensors import TensorData
 from .metrics import classification_metrics
+from .models.loss_positions import reading
 
 __all__ = ["Task", "TASKS", "register_task", "task_of", "label_word_log_probs", "forward_logits"]
 
@@ -49,8 +50,8 @@ class Task:
     needs_decoder: bool  # an encoder-only architecture cannot train it
     labels_are_classes: bool  # batch.labels are class ids (input canaries need that)
     prefix_cacheable: bool  # the frozen-prefix cache supports its models
-    # batch -> the sequence positions whose logits its loss and predictions read (None: the
-    # model's output has no sequence axis); evaluation computes only those
+    # batch -> [B, T] positions whose logits each example's loss and predictions read (None:
+    # the model's output has no sequence axis); evaluation computes only those
     eval_positions: Callable[[TensorData], torch.Tensor | None] = lambda batch: None
 
     def label_token_ids(
@@ -88,10 +89,17 @@ def _classification_metrics(loss, pred, data, num_labels, label_token_ids) -> di
 
 
 # ------------------------------------------------------------------------------ causal LM
+def _read_mask(batch: TensorData) -> torch.Tensor:
+    """[B, T]: the positions whose logits each example's loss reads, j where token j + 1 is
+    a response token (the answer's first prediction is among them)."""
+    read = torch.zeros(batch.labels.shape, dtype=torch.bool, device=batch.labels.device)
+    read[:, :-1] = batch.labels[:, 1:] != -100
+    return read
+
+
 def _loss_positions(batch: TensorData) -> torch.Tensor:
-    """Positions whose logits some example's loss reads: j where token j + 1 is a response
-    token (the union over the batch; the answer's first prediction is among them)."""
-    return (batch.labels[:, 1:] != -100).any(0).nonzero().flatten()
+    """Positions whose logits some example's loss reads (the union over the batch)."""
+    return _read_mask(batch).any(0).nonzero().flatten()
 
 
 def _causal_lm_loss(model: nn.Module, batch: TensorData) -> torch.Tensor:
@@ -101,8 +109,9 @@ def _causal_lm_loss(model: nn.Module, batch: TensorData) -> torch.Tensor:
     49,152-word vocabulary the head over every position costs more than the adapted layers,
     and the other positions' logits have no gradient anyway. A model that ignores the argument
     returns every position, which is indexed the same way."""
-    keep = _loss_positions(batch)
-    logits = forward_logits(model, batch, keep)
+    read = _read_mask(batch)
+    keep = read.any(0).nonzero().flatten()
+    logits = forward_logits(model, batch, keep, read)
     targets = batch.labels[:, keep + 1]
     mask = (targets != -100).float()
     tok = nn.functional.cross_entropy(
@@ -119,9 +128,12 @@ def label_word_loss(model: nn.Module, batch: TensorData, *, ids: list[int]) -> t
     head."""
     at = answer_positions(batch)
     keep = at.unique()  # sorted
+    rows = torch.arange(len(batch), device=at.device)
+    read = torch.zeros(batch.input_ids.shape, dtype=torch.bool, device=at.device)
+    read[rows, at] = True  # each example's own answer position, not the batch's union
     with _label_rows_only(model, ids) as columns:
-        logits = forward_logits(model, batch, keep)
-    rows = torch.arange(len(batch), device=logits.device)
+        logits = forward_logits(model, batch, keep, read)
+    rows = rows.to(logits.device)
     log_probs = _renormalised(logits[rows, torch.searchsorted(keep, at)], columns)
     target = torch.as_tensor(batch.classes, device=log_probs.device, dtype=torch.long)
     return nn.functional.nll_loss(log_probs, target, reduction="none")
@@ -145,16 +157,24 @@ def _label_rows_only(model: nn.Module, ids: list[int]):
 CAUSAL_LM_LOSSES = ("response", "label_words")
 
 
-def forward_logits(model: nn.Module, batch: TensorData, keep: torch.Tensor) -> torch.Tensor:
-    """Logits at the sequence positions ``keep`` only ([B, len(keep), V])."""
-    try:
-        out = model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep
-        )
-    except TypeError as exc:  # a model without the argument: every position's logits
-        if "logits_to_keep" not in str(exc):
-            raise
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+def forward_logits(
+    model: nn.Module, batch: TensorData, keep: torch.Tensor, read: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logits at the sequence positions ``keep`` only ([B, len(keep), V]). ``read`` ([B, T],
+    within ``keep``): the positions each example's loss reads; the last layer's position-wise
+    work runs there only (:mod:`dpfedlora.models.loss_positions`), so the other logits at
+    ``keep`` are not the model's and must not be read."""
+    with reading(read):
+        try:
+            out = model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                logits_to_keep=keep,
+            )
+        except TypeError as exc:  # a model without the argument: every position's logits
+            if "logits_to_keep" not in str(exc):
+                raise
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     logits = out.logits
     # every position came back (the fallback, or a caller handing in a finished forward)
     return logits[:, keep] if logits.shape[1] == batch.input_ids.shape[1] else logits
@@ -291,7 +311,7 @@ register_task(
         prefix_cacheable=True,
         # the answer position is a loss position: a few positions per example, not all of
         # them through a 49k-word head
-        eval_positions=_loss_positions,
+        eval_positions=_read_mask,
     )
 )
 

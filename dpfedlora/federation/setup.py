@@ -25,6 +25,7 @@ from ..methods import ClientSpec, Method, make_method
 from ..models.builders import BuiltModel, build_model
 from ..models.checkpointing import enable_checkpointing
 from ..models.label_head import with_label_head
+from ..models.loss_positions import install_loss_positions
 from ..models.precision import float32_trainables
 from ..tasks import TASKS
 from .advice import shard_warnings
@@ -185,6 +186,9 @@ def adapt_model(cfg: Experiment, method: Method, built: BuiltModel) -> nn.Module
     model = method.setup(built, train_head=cfg.model.train_head)
     if cfg.train.gradient_checkpointing:
         enable_checkpointing(model)
+    elif TASKS[cfg.model.task].needs_decoder:
+        # (a checkpointed layer recomputes its forward outside the loss: not with checkpoints)
+        install_loss_positions(model, set(method.trainable_union()))
     if cfg.model.dtype != "float32" or cfg.model.quantization != "none":
         final = {built.head} if built.head else set()
         float32_trainables(model, method.trainable_union(), final=final)
