@@ -96,3 +96,37 @@ def test_decoder_cache_matches_uncached_model_on_real_tokens():
     torch.testing.assert_close(lb[real], la[real], atol=1e-5, rtol=1e-5)
     for n in ga:
         torch.testing.assert_close(gb[n], ga[n], atol=1e-6, rtol=1e-5)
+
+
+def test_decoder_rows_sharing_leading_tokens_run_them_once_with_the_same_features(monkeypatch):
+    """A prompt format puts the same tokens first in every row: the cache runs them once and
+    each row's own tokens attend to their keys and values. Features equal the row-by-row
+    computation at every position."""
+    import dpfedlora.models.prefix_cache as pc
+
+    over = ("model.name=builtin:tiny-llama", "model.task=causal_lm", "model.train_head=false",
+            "method.name=fedit", "model.layers=[1]")  # fmt: skip
+    prefix = next(m for m in tiny_setup(*over).model.modules() if isinstance(m, CachedPrefix))
+    g = torch.Generator().manual_seed(0)
+    head = torch.randint(5, 60, (12,), generator=g)  # the shared leading tokens
+    rows = [torch.cat([head, torch.randint(5, 60, (n,), generator=g)]) for n in (1, 3, 3, 7, 9)]
+    runs = []
+    real = prefix._shared_run
+    monkeypatch.setattr(
+        prefix, "_shared_run", lambda s, ids: runs.append(ids.shape) or real(s, ids)
+    )
+    prefix.cache.clear()
+    width = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([r, torch.full((width - len(r),), prefix.pad_id)]) for r in rows])
+    assert prefix.precompute([ids]) == 5
+    assert sorted(runs) == [(1, 13), (1, 19), (1, 21), (2, 15)]  # same-length rows batched
+    for r in rows:
+        ref = prefix._compute([r])[0]  # alone, no sharing
+        got = prefix.cache[r.numpy().tobytes()]
+        assert got.shape == ref.shape == (len(r), prefix.config.hidden_size)
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    # rows sharing fewer than MIN_SHARED leading tokens take the ordinary path
+    assert prefix._shared_prefix([head[: pc.MIN_SHARED - 1], head]) is None
+    # 15 tokens in common, but the shorter row keeps one of its own
+    both = [torch.cat([head, head]), torch.cat([head, head[:3]])]
+    assert prefix._shared_prefix(both).length == 14

@@ -25,10 +25,12 @@ after it; padded positions get zeros, which no real position attends to and no l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +39,17 @@ from torch import nn
 __all__ = ["install_prefix_cache", "CachedPrefix", "STORE_ENV"]
 
 STORE_ENV = "DPFEDLORA_PREFIX_CACHE_DIR"
+
+
+# fewer shared leading tokens than this are not worth a second code path
+MIN_SHARED = 8
+
+
+@dataclass(frozen=True)
+class _Shared:
+    length: int  # the leading tokens every row has
+    hidden: torch.Tensor  # [1, length, hidden]: their features
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per prefix layer, [1, heads, length, d]
 
 
 class _PassThrough(nn.Module):
@@ -66,7 +79,7 @@ class CachedPrefix(nn.Module):
         self.cache: dict[bytes, torch.Tensor] = {}
         self.hits = self.misses = 0
 
-    def _run(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _run(self, ids: torch.Tensor, mask: torch.Tensor, cache=None) -> torch.Tensor:
         from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
         if not self._rotary:  # encoder
@@ -80,32 +93,101 @@ class CachedPrefix(nn.Module):
         hidden = self.embeddings(ids)  # decoder: as its model's forward runs the bottom layers
         pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
         attn = create_causal_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=mask, cache=None,
+            config=self.config, inputs_embeds=hidden, attention_mask=mask, cache=cache,
             position_ids=pos,
         )  # fmt: skip
         rope = self._rotary[0](hidden, position_ids=pos)
         for layer in self.prefix:
-            hidden = layer(hidden, attention_mask=attn, position_embeddings=rope, position_ids=pos)
+            hidden = layer(
+                hidden, attention_mask=attn, position_embeddings=rope, position_ids=pos,
+                cache=cache, use_cache=cache is not None,
+            )  # fmt: skip
         return hidden
 
+    def _shared_run(self, shared: _Shared, ids: torch.Tensor) -> torch.Tensor:
+        """Decoder rows that all start with ``shared``'s tokens, without padding: only their
+        own tokens run, attending to the shared tokens' keys and values."""
+        from transformers.cache_utils import DynamicCache
+        from transformers.masking_utils import create_causal_mask
+
+        n, p = ids.shape[0], shared.length
+        suffix = ids[:, p:]
+        cache = DynamicCache(config=self.config)
+        for layer, (k, v) in zip(self.prefix, shared.keys_values):
+            expand = (n, *k.shape[1:])
+            cache.update(
+                k.expand(expand), v.expand(*expand[:-1], v.shape[-1]), layer.self_attn.layer_idx
+            )
+        hidden = self.embeddings(suffix)
+        pos = torch.arange(p, ids.shape[1], device=ids.device).unsqueeze(0)
+        attn = create_causal_mask(
+            config=self.config, inputs_embeds=hidden, attention_mask=torch.ones_like(ids),
+            cache=cache, position_ids=pos,
+        )  # fmt: skip
+        rope = self._rotary[0](hidden, position_ids=pos)
+        for layer in self.prefix:
+            hidden = layer(
+                hidden, attention_mask=attn, position_embeddings=rope, position_ids=pos,
+                cache=cache, use_cache=True,
+            )  # fmt: skip
+        return torch.cat([shared.hidden.expand(n, -1, -1), hidden], dim=1)
+
     @torch.no_grad()
-    def _compute(self, rows: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _shared_prefix(self, rows: list[torch.Tensor]) -> _Shared | None:
+        """The tokens every row starts with (a chat template and an instruction), run once:
+        their features and each layer's keys and values. None for encoders (every token sees
+        the whole row) or when the rows share fewer than ``MIN_SHARED`` tokens."""
+        if not self._rotary or not rows:
+            return None
+        first = rows[0]
+        length = min(len(r) for r in rows) - 1  # every row keeps a token of its own
+        for r in rows[1:]:
+            differ = (r[:length] != first[:length]).nonzero()
+            length = int(differ[0]) if len(differ) else length
+            if length < MIN_SHARED:
+                return None
+        from transformers.cache_utils import DynamicCache
+
+        device = next(self.embeddings.parameters()).device
+        ids = first[:length].unsqueeze(0).to(device)
+        cache = DynamicCache(config=self.config)
+        with self._eval_mode():
+            hidden = self._run(ids, torch.ones_like(ids), cache=cache)
+        kv = [
+            (cache.layers[m.self_attn.layer_idx].keys, cache.layers[m.self_attn.layer_idx].values)
+            for m in self.prefix
+        ]
+        return _Shared(length, hidden, kv)
+
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        modules = (self.embeddings, *self.prefix)
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            yield
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
+
+    @torch.no_grad()
+    def _compute(
+        self, rows: list[torch.Tensor], shared: _Shared | None = None
+    ) -> list[torch.Tensor]:
         length = max(len(r) for r in rows)
         ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, : len(r)], mask[i, : len(r)] = r, 1
-        modules = (self.embeddings, *self.prefix)
-        modes = [m.training for m in modules]
-        for m in modules:
-            m.eval()
         device = next(self.embeddings.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
-        try:
-            hidden = self._run(ids, mask)
-        finally:
-            for m, mode in zip(modules, modes):
-                m.train(mode)
+        same_length = all(len(r) == length for r in rows)
+        with self._eval_mode():
+            if shared is not None and same_length:
+                hidden = self._shared_run(shared, ids)
+            else:
+                hidden = self._run(ids, mask)
         # the cache lives on the host (it can hold every example's features); rows move to
         # the model's device per batch
         hidden = hidden.cpu()
@@ -148,11 +230,14 @@ class CachedPrefix(nn.Module):
                 self.cache.setdefault(k, h)
             return 0
         todo = [k for k in keys if k not in self.cache]
+        # A prompt format puts the same tokens first in every row (SmolLM2's chat template
+        # and the instruction: 43 of ~75): computed once, not once per row.
+        shared = self._shared_prefix([rows[k] for k in todo])
         for _, group in itertools.groupby(todo, key=len):  # todo is sorted by length
             same = list(group)
             for s in range(0, len(same), batch_size):
                 part = same[s : s + batch_size]
-                for k, h in zip(part, self._compute([rows[k] for k in part])):
+                for k, h in zip(part, self._compute([rows[k] for k in part], shared)):
                     self.cache[k] = h
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
