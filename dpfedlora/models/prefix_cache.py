@@ -233,12 +233,20 @@ class CachedPrefix(nn.Module):
         # A prompt format puts the same tokens first in every row (SmolLM2's chat template
         # and the instruction: 43 of ~75): computed once, not once per row.
         shared = self._shared_prefix([rows[k] for k in todo])
+        from tqdm.auto import tqdm
+
+        # minutes for a real model on a CPU: a bar on a terminal (none in logs and pipes)
+        bar = tqdm(
+            total=len(todo), desc="caching frozen layers", unit="row", leave=False, disable=None
+        )
         for _, group in itertools.groupby(todo, key=len):  # todo is sorted by length
             same = list(group)
             for s in range(0, len(same), batch_size):
                 part = same[s : s + batch_size]
                 for k, h in zip(part, self._compute([rows[k] for k in part], shared)):
                     self.cache[k] = h
+                bar.update(len(part))
+        bar.close()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
