@@ -43,7 +43,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     report = write_report(out)
     print(
         f"sweep: {result['cells']} cells, ran {result['ran']}, skipped {result['skipped']} "
-        f"(complete), failed {len(result['failed'])} -> {out}/report.md"
+        f"(complete), failed {len(result['failed'])}"
+        + (
+            f", {report['short']} short of their rounds (not in the means)"
+            if report["short"]
+            else ""
+        )
+        + f" -> {out}/report.md"
     )
     return 1 if result["failed"] or report["violations"] else 0
 

@@ -41,8 +41,15 @@ def _cell_row(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
     if private:
         ledger = Ledger(cell_dir / "ledger.jsonl", accountant=cfg["privacy"]["accountant"])
         spent = ledger.max_epsilon(delta=cfg["privacy"]["delta"])
+    planned, completed = summary.get("rounds_planned"), summary["rounds_completed"]
+    status = "done"
+    if planned is not None and completed < planned:
+        # A cell that trained fewer rounds than its peers is not comparable to them: it stays
+        # out of the means. (A round interrupted after its write-ahead spend cannot be redone:
+        # its ε stays counted, so a resumed cell may end short by budget.)
+        status = f"short: {completed} of {planned} rounds ({summary.get('stopped_reason')})"
     row.update(
-        status="done",
+        status=status,
         method=cfg["method"]["name"],
         seed=cfg["seed"],
         target_epsilon=math.inf if target is None else float(target),
@@ -119,16 +126,22 @@ def write_report(out: str | Path) -> dict[str, Any]:
     failed = [r for r in rows if r.get("status", "").startswith("failed")]
     if failed:
         md += ["", "Failed cells:", ""] + [f"- cell {r['cell']} {r['status']}" for r in failed]
+    short = [r for r in rows if r.get("status", "").startswith("short")]
+    if short:
+        md += ["", "Cells not in the means (fewer rounds than planned; move the directory out of "
+               "cells/ and rerun the sweep to replace one):", ""]  # fmt: skip
+        md += [f"- cell {r['cell']} {r['status']}" for r in short]
     (out / "report.md").write_text("\n".join(md) + "\n")
     if metric:
         _plots(grouped, out / "plots", metric, title=_title(out, rows))
     violations = [
-        r for r in rows if r.get("status") == "done" and r["spent_epsilon"] > r["target_epsilon"]
+        r for r in rows if "spent_epsilon" in r and r["spent_epsilon"] > r["target_epsilon"]
     ]
     return {
         "cells": len(rows),
         "groups": len(grouped),
         "failed": len(failed),
+        "short": len(short),
         "violations": len(violations),
         "metric": metric,
     }

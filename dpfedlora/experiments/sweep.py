@@ -180,9 +180,20 @@ def locate_cells(out: Path, base: Path, cells: list[Cell]) -> dict[str, Path]:
     return where
 
 
+# stops after which `dpfedlora run --resume` continues (a run writes its summary on these too)
+RESUMABLE_STOPS = ("interrupted", "until_round")
+
+
 def _status(cell_dir: Path) -> str:
-    if (cell_dir / "summary.json").exists():
-        return "done"
+    """done (finished: every round, or its budget or clients ran out), partial or new. A cell
+    stopped by SIGTERM or Ctrl-C wrote a summary but is not done: the sweep resumes it."""
+    summary = cell_dir / "summary.json"
+    if summary.exists():
+        try:
+            reason = json.loads(summary.read_text()).get("stopped_reason")
+        except (OSError, ValueError):
+            reason = None
+        return "partial" if reason in RESUMABLE_STOPS else "done"
     return "partial" if cell_dir.exists() else "new"
 
 

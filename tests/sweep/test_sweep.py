@@ -194,3 +194,42 @@ def test_report_epsilon_comes_from_the_ledger(tmp_path):
     rows, groups = build_report(out)
     assert rows[0]["spent_epsilon"] == pytest.approx(true_eps, rel=1e-9)
     assert groups[0]["spent_epsilon"] == pytest.approx(true_eps, rel=1e-9)
+
+
+def test_a_cell_stopped_by_a_signal_is_resumed_and_a_short_cell_stays_out_of_the_means(tmp_path):
+    """SIGTERM or Ctrl-C stops a run at a safe point and it writes its summary: the sweep must
+    still resume it. A cell that ended with fewer rounds than planned (its budget ran out
+    after an interrupted round's spend) is listed, not averaged with complete cells."""
+    import json
+    import shutil
+
+    from dpfedlora.experiments.report import build_report, write_report
+    from dpfedlora.experiments.sweep import _status
+    from dpfedlora.federation import run
+    from tests.helpers import tiny_cfg
+
+    out = tmp_path / "sw"
+    cfg = tiny_cfg("server.rounds=2", "train.local_steps=2")
+    run(cfg, out / "cells" / "a", progress=False, log=lambda s: None)
+    assert _status(out / "cells" / "a") == "done"
+    shutil.copytree(out / "cells" / "a", out / "cells" / "b")
+    summary = out / "cells" / "b" / "summary.json"
+    s = json.loads(summary.read_text())
+    for reason, status in (("interrupted", "partial"), ("until_round", "partial"),
+                           ("budget_exhausted", "done")):  # fmt: skip
+        summary.write_text(json.dumps({**s, "stopped_reason": reason}))
+        assert _status(out / "cells" / "b") == status
+    summary.write_text(
+        json.dumps({**s, "rounds_completed": 1, "stopped_reason": "budget_exhausted",
+                    "final": {**s["final"], "balanced_accuracy": 0.0}})
+    )  # fmt: skip
+    cells = [{"overrides": [["seed", i]], "config_hash": n, "dir": f"cells/{n}"}
+             for i, n in enumerate("ab")]  # fmt: skip
+    (out / "sweep.json").write_text(json.dumps({"cells": cells}))
+    rows, groups = build_report(out)
+    assert rows[1]["status"] == "short: 1 of 2 rounds (budget_exhausted)"
+    assert groups[0]["seeds"] == 1
+    assert groups[0]["balanced_accuracy"] == pytest.approx(s["final"]["balanced_accuracy"])
+    result = write_report(out)
+    assert result["short"] == 1 and result["violations"] == 0
+    assert "- cell b short: 1 of 2 rounds" in (out / "report.md").read_text()
