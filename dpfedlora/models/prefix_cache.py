@@ -139,6 +139,9 @@ class CachedPrefix(nn.Module):
         the whole row) or when the rows share fewer than ``MIN_SHARED`` tokens."""
         if not self._rotary or not rows:
             return None
+        if not all(isinstance(getattr(getattr(m, "self_attn", None), "layer_idx", None), int)
+                   for m in self.prefix):  # fmt: skip
+            return None  # not a layout whose attention reads a key/value cache by layer index
         first = rows[0]
         length = min(len(r) for r in rows) - 1  # every row keeps a token of its own
         for r in rows[1:]:

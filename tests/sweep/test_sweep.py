@@ -233,3 +233,12 @@ def test_a_cell_stopped_by_a_signal_is_resumed_and_a_short_cell_stays_out_of_the
     result = write_report(out)
     assert result["short"] == 1 and result["violations"] == 0
     assert "- cell b short: 1 of 2 rounds" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "examples" / "sweeps").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_example_sweep_file_resolves_to_valid_cells(path):
+    base, cells = load_sweep(path)  # every cell's resolved config is validated here
+    assert base.is_file() and cells
+    assert len({c.config_hash for c in cells}) == len(cells)
