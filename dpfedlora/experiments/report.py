@@ -42,12 +42,15 @@ def _cell_row(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
         ledger = Ledger(cell_dir / "ledger.jsonl", accountant=cfg["privacy"]["accountant"])
         spent = ledger.max_epsilon(delta=cfg["privacy"]["delta"])
     planned, completed = summary.get("rounds_planned"), summary["rounds_completed"]
+    missed = _missed_client_rounds(cell_dir / "metrics.jsonl")
     status = "done"
+    # A cell that trained less than planned is not comparable to its peers: it stays out of
+    # the means. (A round interrupted after its write-ahead spend cannot be redone: its ε stays
+    # counted, so a resumed cell may end a round short, or with a client skipped for budget.)
     if planned is not None and completed < planned:
-        # A cell that trained fewer rounds than its peers is not comparable to them: it stays
-        # out of the means. (A round interrupted after its write-ahead spend cannot be redone:
-        # its ε stays counted, so a resumed cell may end short by budget.)
         status = f"short: {completed} of {planned} rounds ({summary.get('stopped_reason')})"
+    elif missed:
+        status = f"short: {missed} client-round(s) skipped for budget or failed"
     row.update(
         status=status,
         method=cfg["method"]["name"],
@@ -61,6 +64,18 @@ def _cell_row(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
         **{m: summary["final"][m] for m in METRICS if m in summary["final"]},
     )
     return row
+
+
+def _missed_client_rounds(metrics: Path) -> int:
+    """Client-rounds that were refused for budget or failed, over the run's rounds."""
+    if not metrics.exists():
+        return 0
+    missed = 0
+    for line in metrics.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            missed += len(r.get("skipped", [])) + len(r.get("faulty", []))
+    return missed
 
 
 def _fmt(v: Any) -> str:

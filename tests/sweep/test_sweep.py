@@ -233,6 +233,16 @@ def test_a_cell_stopped_by_a_signal_is_resumed_and_a_short_cell_stays_out_of_the
     result = write_report(out)
     assert result["short"] == 1 and result["violations"] == 0
     assert "- cell b short: 1 of 2 rounds" in (out / "report.md").read_text()
+    # every round done, but a client refused one for budget: short as well
+    summary.write_text(json.dumps(s))
+    metrics = out / "cells" / "b" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    last = json.loads(lines[-1])
+    metrics.write_text("\n".join([*lines[:-1], json.dumps({**last, "skipped": ["0"]})]) + "\n")
+    rows, groups = build_report(out)
+    assert rows[0]["status"] == "done"
+    assert rows[1]["status"] == "short: 1 client-round(s) skipped for budget or failed"
+    assert groups[0]["seeds"] == 1
 
 
 @pytest.mark.parametrize(
