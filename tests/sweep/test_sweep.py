@@ -157,8 +157,11 @@ def test_killed_sweep_resumes_only_missing_cells(tmp_path):
     cells = [r for r in rows if r["kind"] == "cell"]
     groups = [r for r in rows if r["kind"] == "group"]
     assert len(cells) == 8 and len(groups) == 4
+    # the cell killed mid-round may end short (its interrupted round's spend stays counted, so
+    # a client is refused on resume): listed, not averaged; every other cell is complete
+    short = [r for r in cells if r["status"] != "done"]
+    assert len(short) <= 1 and all(r["status"].startswith("short") for r in short)
     for r in cells:
-        assert r["status"] == "done"
         if r["target_epsilon"] != "inf":
             assert 0 < float(r["spent_epsilon"]) <= float(r["target_epsilon"])
         else:
@@ -166,8 +169,9 @@ def test_killed_sweep_resumes_only_missing_cells(tmp_path):
     for col in ("method", "target_epsilon", "spent_epsilon", "balanced_accuracy", "bytes_up"):
         assert col in rows[0]
     md = (out / "report.md").read_text()
-    for r in cells:  # one markdown row per cell, with its ledger ε, after the group table
-        assert f"| {r['cell']} | {r['seed']} | {r['method']} | {r['target_epsilon']} | " in md
+    for r in cells:  # one markdown row per complete cell, with its ledger ε, after the groups
+        row = f"| {r['cell']} | {r['seed']} | {r['method']} | {r['target_epsilon']} | "
+        assert (row in md) == (r["status"] == "done")
     assert md.count("± ") >= 4 and "wall s" in md
     assert (out / "plots" / "balanced_accuracy_vs_epsilon.png").exists()
     assert (out / "plots" / "balanced_accuracy_vs_bytes.svg").exists()
