@@ -48,8 +48,9 @@ install: $(STAMP)
 test: $(WEIGHTS)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow and not gpu"
 
+# a few long tests: worksteal keeps both workers busy (loadscope ran a module's long tests in series)
 test-slow: $(STAMP) $(FLOWER)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "slow"; rc=$$?; [ $$rc -eq 5 ] && echo "no slow tests" || exit $$rc
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "slow"; rc=$$?; [ $$rc -eq 5 ] && echo "no slow tests" || exit $$rc
 
 test-all: $(STAMP) $(FLOWER)
 	$(PY) -m pytest -q
