@@ -12,10 +12,12 @@ The prefix always runs as in eval mode (its dropout off): cached features must b
 function of the tokens. With ``model.dropout: 0`` this is exactly the uncached model.
 
 :meth:`CachedPrefix.precompute` fills the cache up front, batching rows of equal length (no
-padding at all). If ``DPFEDLORA_PREFIX_CACHE_DIR`` is set, the features are also kept there in
-one file per (prefix weights, set of inputs), so the cells of a sweep compute them once. The
-file holds features of private records: keep that directory with the runs (the sweep puts it
-inside its output directory), not in a shared place.
+padding at all). In a decoder, the leading tokens every row shares (a chat template and an
+instruction) run once; each row's own tokens then attend to their keys and values. If
+``DPFEDLORA_PREFIX_CACHE_DIR`` is set, the features are also kept there in one file per
+(prefix weights, set of inputs), so the cells of a sweep compute them once. The file holds
+features of private records: keep that directory with the runs (the sweep puts it inside its
+output directory), not in a shared place.
 
 Supported, with right padding: BERT-family encoders (``.embeddings`` + ``.encoder.layer``) and
 Llama-family decoders (``.embed_tokens`` + ``.layers`` + ``.rotary_emb``). In a decoder a real
@@ -48,6 +50,7 @@ MIN_SHARED = 8
 @dataclass(frozen=True)
 class _Shared:
     length: int  # the leading tokens every row has
+    ids: torch.Tensor  # [length]: those tokens
     hidden: torch.Tensor  # [1, length, hidden]: their features
     keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per prefix layer, [1, heads, length, d]
 
@@ -160,7 +163,7 @@ class CachedPrefix(nn.Module):
             (cache.layers[m.self_attn.layer_idx].keys, cache.layers[m.self_attn.layer_idx].values)
             for m in self.prefix
         ]
-        return _Shared(length, hidden, kv)
+        return _Shared(length, first[:length].clone(), hidden, kv)
 
     @contextlib.contextmanager
     def _eval_mode(self):
@@ -185,9 +188,11 @@ class CachedPrefix(nn.Module):
             ids[i, : len(r)], mask[i, : len(r)] = r, 1
         device = next(self.embeddings.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
-        same_length = all(len(r) == length for r in rows)
+        shares = shared is not None and all(
+            len(r) == length and torch.equal(r[: shared.length], shared.ids) for r in rows
+        )
         with self._eval_mode():
-            if shared is not None and same_length:
+            if shares:
                 hidden = self._shared_run(shared, ids)
             else:
                 hidden = self._run(ids, mask)
