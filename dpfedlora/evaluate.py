@@ -60,7 +60,8 @@ def evaluate(
         batch = data.subset(order[start : start + batch_size]).trimmed().to(device)
         read = spec.eval_positions(batch)
         keep = None
-        if read is None:
+        if read is None or not bool(read.any()):  # (no response token: every position)
+            read = None
             out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         else:  # the logits of the positions the loss and predictions read
             keep = read.any(0).nonzero().flatten()
