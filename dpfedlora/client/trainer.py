@@ -17,7 +17,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -47,6 +47,9 @@ def plan_for(
 ) -> MemoryPlan:
     """The memory plan of one DP step of ``model`` (``auto`` choices resolved)."""
     shape = model_shape(model, trainable, cfg.method.rank)
+    if cfg.model.label_head and cfg.train.causal_lm_loss == "label_words":
+        # the label-word loss computes only the label words' rows of the head
+        shape = replace(shape, vocab=len(cfg.data.label_names))
     return plan_memory(
         shape,
         device=device,

@@ -27,6 +27,7 @@ from ..models.builders import (
 from ..models.label_head import install_label_head
 from ..models.memory import MemoryPlan
 from ..models.precision import resolve_device, torch_dtype
+from ..models.prefix_cache import install_prefix_cache
 from ..models.shapes import SHAPES, meta_model
 from ..tasks import TASKS
 
@@ -123,6 +124,10 @@ def plan_config(cfg: Experiment, *, free: int | None = None) -> MemoryReport:
     method = make_method(cfg.method, seed=cfg.seed)
     adapted = method.setup(built, train_head=cfg.model.train_head)
     trainable = method.trainable_union()
+    if cfg.model.cache_frozen_prefix and task.prefix_cacheable:
+        # as a run does: the layers below the lowest trainable one hold no activations
+        if install_prefix_cache(adapted, set(trainable), 0):
+            notes.append("frozen-prefix cache: its features (all examples) are not counted")
     device = resolve_device(cfg.model.device)
     expected = _expected_batch(cfg, notes)
     plan = plan_for(cfg, adapted, trainable, device, expected, free)

@@ -65,6 +65,8 @@ def model_shape(model: nn.Module, trainable: list[str], rank: int) -> ModelShape
     heads = _attr(conf, "num_attention_heads", "n_head", default=1)
     head_dim = _attr(conf, "head_dim", default=hidden // max(heads, 1))
     kv = _attr(conf, "num_key_value_heads", default=heads) * head_dim
+    from .prefix_cache import cached_layers
+
     params = dict(model.named_parameters())
     wanted = set(trainable)
     frozen = [p for n, p in params.items() if n not in wanted]
@@ -80,7 +82,10 @@ def model_shape(model: nn.Module, trainable: list[str], rank: int) -> ModelShape
         kv_width=int(kv),
         heads=int(heads),
         ffn=int(_attr(conf, "intermediate_size", "n_inner", default=4 * hidden)),
-        layers=int(_attr(conf, "num_hidden_layers", "n_layer", default=1)),
+        # layers a step runs: those below a frozen-prefix cache hold no activations
+        layers=max(
+            1, int(_attr(conf, "num_hidden_layers", "n_layer", default=1)) - cached_layers(model)
+        ),
         vocab=int(_attr(conf, "vocab_size", default=0)),
         weight_bytes=int(weight_bytes),
         trainable=sum(params[n].numel() for n in trainable),

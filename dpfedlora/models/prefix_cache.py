@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["install_prefix_cache", "CachedPrefix", "STORE_ENV"]
+__all__ = ["install_prefix_cache", "CachedPrefix", "STORE_ENV", "cached_layers"]
 
 STORE_ENV = "DPFEDLORA_PREFIX_CACHE_DIR"
 
@@ -283,6 +283,11 @@ class CachedPrefix(nn.Module):
             h = self.cache[k]
             out[i, : h.shape[0]] = h
         return out.to(device)
+
+
+def cached_layers(model: nn.Module) -> int:
+    """How many layers of ``model`` the cache stands in for (0: none installed)."""
+    return sum(isinstance(m, _PassThrough) for m in model.modules())
 
 
 def _layout(module: nn.Module) -> tuple[str, str, nn.ModuleList] | None:

@@ -47,3 +47,24 @@ def test_plan_ghost_when_hooks_do_not_fit(capsys):
     between = (hooks + ghost) / 2 / 0.8 / 1e9  # 80 % of it lies between the two peaks
     tight = _plan(capsys, *args, "--free-memory", f"{between:.4f}")
     assert tight["grad_sample_mode"] == "ghost"
+
+
+def test_plan_counts_only_the_layers_a_step_runs_and_the_label_words_logits(capsys):
+    """Below a frozen-prefix cache no layer keeps activations; the label-word loss with a label
+    head computes only the label words' logits. (SmolLM2's config was planned at 34.7 GB and
+    peaked at 3.3 GB of RSS.)"""
+    args = [ROOT / "configs" / "tiny.yaml", "--set", "model.name=builtin:tiny-llama",
+            "--set", "model.task=causal_lm", "--set", "model.train_head=false",
+            "--set", "model.layers=[1]", "--set", "method.name=fedit"]  # fmt: skip
+    whole = _plan(capsys, *args, "--set", "model.cache_frozen_prefix=false")
+    cached = _plan(capsys, *args)
+    assert cached["activation_bytes_per_token"] < whole["activation_bytes_per_token"]
+    # tiny-llama has 2 layers and the adapters sit on layer 1: one layer's activations remain
+    lora = 4 * 4 * 2  # 4 r bytes per adapted Linear (q and v), float32 base: no input copies
+    per_layer = (whole["activation_bytes_per_token"] - lora) / 2
+    assert cached["activation_bytes_per_token"] == pytest.approx(per_layer + lora, abs=1)
+    assert whole["logit_bytes_per_token"] == 14 * 128  # the tiny vocabulary
+    head = _plan(capsys, *args, "--set", "model.label_head=true", "--set", "model.train_head=true",
+                 "--set", "data.label_names=[ham, spam]",
+                 "--set", "train.causal_lm_loss=label_words")  # fmt: skip
+    assert head["logit_bytes_per_token"] == 14 * 2
