@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .data.tensors import TensorData
-from .tasks import TASKS, forward_logits
+from .tasks import TASKS, forward_logits, kept_positions
 
 __all__ = ["evaluate", "predict_logits"]
 
@@ -64,7 +64,7 @@ def evaluate(
             read = None
             out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         else:  # the logits of the positions the loss and predictions read
-            keep = read.any(0).nonzero().flatten()
+            keep = kept_positions(read)
             out = _Kept(forward_logits(model, batch, keep, read))
         # the loss functions call model(...).logits: hand them this forward's output (the
         # causal loss asks for the same positions, so it takes the logits as they are)

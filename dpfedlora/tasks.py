@@ -28,7 +28,15 @@ from .data.tensors import TensorData
 from .metrics import classification_metrics
 from .models.loss_positions import reading
 
-__all__ = ["Task", "TASKS", "register_task", "task_of", "label_word_log_probs", "forward_logits"]
+__all__ = [
+    "Task",
+    "TASKS",
+    "register_task",
+    "task_of",
+    "label_word_log_probs",
+    "forward_logits",
+    "kept_positions",
+]
 
 Loss = Callable[[nn.Module, TensorData], torch.Tensor]
 
@@ -97,9 +105,10 @@ def _read_mask(batch: TensorData) -> torch.Tensor:
     return read
 
 
-def _loss_positions(batch: TensorData) -> torch.Tensor:
-    """Positions whose logits some example's loss reads (the union over the batch)."""
-    return _read_mask(batch).any(0).nonzero().flatten()
+def kept_positions(read: torch.Tensor) -> torch.Tensor:
+    """The sorted positions some example reads ([B, T] mask -> the union over the batch): what
+    ``logits_to_keep`` sends through the LM head."""
+    return read.any(0).nonzero().flatten()
 
 
 def _causal_lm_loss(model: nn.Module, batch: TensorData) -> torch.Tensor:
@@ -110,7 +119,7 @@ def _causal_lm_loss(model: nn.Module, batch: TensorData) -> torch.Tensor:
     and the other positions' logits have no gradient anyway. A model that ignores the argument
     returns every position, which is indexed the same way."""
     read = _read_mask(batch)
-    keep = read.any(0).nonzero().flatten()
+    keep = kept_positions(read)
     logits = forward_logits(model, batch, keep, read)
     targets = batch.labels[:, keep + 1]
     mask = (targets != -100).float()
