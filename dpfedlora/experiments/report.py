@@ -143,7 +143,7 @@ def write_report(out: str | Path) -> dict[str, Any]:
         md += ["", "Failed cells:", ""] + [f"- cell {r['cell']} {r['status']}" for r in failed]
     short = [r for r in rows if r.get("status", "").startswith("short")]
     if short:
-        md += ["", "Cells not in the means (fewer rounds than planned; move the directory out of "
+        md += ["", "Cells not in the means (trained less than planned; move the directory out of "
                "cells/ and rerun the sweep to replace one):", ""]  # fmt: skip
         md += [f"- cell {r['cell']} {r['status']}" for r in short]
     (out / "report.md").write_text("\n".join(md) + "\n")

@@ -6,10 +6,10 @@ them. Below the head, the *last* decoder layer's MLP and attention output projec
 position-wise, and their outputs at the other positions reach nothing that is read: only the
 final norm and the head follow, and they are read at the kept positions. So while a loss names
 its positions (:func:`reading`, a [B, T] mask: each example's own), those two modules run on the
-named rows only and return zeros elsewhere. On SmolLM2 at ~75 positions they are ~84 % of the
-last layer's matrix work, forward and backward. Logits and gradients at the read positions are
-the full computation's (a test compares them); logits elsewhere are not the model's and nothing
-reads them.
+named rows only and return zeros elsewhere. By SmolLM2's matrix shapes they are ~84 % of the
+last layer's multiply-adds per position, forward and backward. Logits and gradients at the
+read positions are the full computation's (a test compares them); logits elsewhere are not the
+model's and nothing reads them.
 
 Only frozen modules are patched: a trainable one needs its inputs' batch axis for per-sample
 gradients. The patch replaces the instance's ``forward`` (names and state dict unchanged); with
