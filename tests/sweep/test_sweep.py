@@ -172,7 +172,7 @@ def test_killed_sweep_resumes_only_missing_cells(tmp_path):
     for r in cells:  # one markdown row per complete cell, with its ledger ε, after the groups
         row = f"| {r['cell']} | {r['seed']} | {r['method']} | {r['target_epsilon']} | "
         assert (row in md) == (r["status"] == "done")
-    assert md.count("± ") >= 4 and "wall s" in md
+    assert md.count("± ") >= 4 and "s in rounds" in md
     assert (out / "plots" / "balanced_accuracy_vs_epsilon.png").exists()
     assert (out / "plots" / "balanced_accuracy_vs_bytes.svg").exists()
 
@@ -247,6 +247,35 @@ def test_a_cell_stopped_by_a_signal_is_resumed_and_a_short_cell_stays_out_of_the
     assert rows[0]["status"] == "done"
     assert rows[1]["status"] == "short: 1 client-round(s) skipped for budget or failed"
     assert groups[0]["seeds"] == 1
+
+
+def test_report_time_of_a_resumed_cell_counts_every_round(tmp_path):
+    """A cell run in two processes: the summary's seconds cover the second only; the report's
+    time in rounds adds the rounds of both, as metrics.jsonl recorded them."""
+    import json
+
+    from dpfedlora.experiments.report import build_report
+    from dpfedlora.federation import run
+    from tests.helpers import tiny_cfg
+
+    out = tmp_path / "sw"
+    cfg = tiny_cfg("server.rounds=2", "train.local_steps=2")
+    first = run(cfg, out / "cells" / "a", until_round=1, progress=False, log=lambda s: None)
+    second = run(cfg, out / "cells" / "a", resume=True, progress=False, log=lambda s: None)
+    assert first["rounds_completed"] == 1 and second["rounds_completed"] == 2
+    (out / "sweep.json").write_text(
+        json.dumps({"cells": [{"overrides": [["seed", 0]], "config_hash": "a", "dir": "cells/a"}]})
+    )
+    rows, groups = build_report(out)
+    recorded = [
+        json.loads(x) for x in (out / "cells" / "a" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["round"] for r in recorded] == [1, 2]
+    assert rows[0]["wall_seconds"] == second["seconds"]
+    assert rows[0]["round_seconds"] == pytest.approx(sum(r["seconds"] for r in recorded))
+    # the first process's round is in it: more than the second process's round alone
+    assert rows[0]["round_seconds"] > recorded[1]["seconds"]
+    assert groups[0]["round_seconds"] == pytest.approx(rows[0]["round_seconds"])
 
 
 @pytest.mark.parametrize(
