@@ -9,7 +9,16 @@ from . import CLIError, add_overrides
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a (private) federated fine-tuning from a YAML config")
+    p = sub.add_parser(
+        "run",
+        help="run a (private) federated fine-tuning from a YAML config",
+        description=(
+            "Run a federation into a run directory. To stop it with nothing lost, send SIGUSR1 "
+            "(kill -USR1 PID) or create the file OUT/PAUSE: it finishes the round in progress, "
+            "checkpoints and stops; --resume continues. Ctrl-C or SIGTERM stops sooner, between "
+            "clients, and the abandoned round's spend stays counted."
+        ),
+    )
     p.add_argument("config", metavar="CONFIG", help="YAML config (see configs/)")
     add_overrides(p, "method.name=fedsb --set server.rounds=4")
     p.add_argument("--out", help="run directory (default runs/<name>-<method>-<config hash>)")

@@ -17,6 +17,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--jobs", type=positive_int, help="cells in parallel (default from cores and memory)"
     )
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        metavar="MINUTES",
+        help="wind down after this many minutes: start no new cell, and let each running cell "
+        "finish its round and pause (nothing spent is lost; rerun to continue). SIGUSR1 to the "
+        "sweep does the same at any time",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_sweep)
 
@@ -35,9 +43,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if not Path(args.sweep).is_file():
         raise CLIError(f"argument SWEEP: no such file: {args.sweep!r}.")
+    if args.stop_after is not None and not 0 < args.stop_after < float("inf"):
+        raise CLIError(
+            f"argument --stop-after: must be a positive number of minutes. Found {args.stop_after}."
+        )
     out = args.out or f"runs/sweep-{Path(args.sweep).stem}"
     try:
-        result = run_sweep(args.sweep, out, jobs=args.jobs, progress=not args.no_progress)
+        result = run_sweep(
+            args.sweep,
+            out,
+            jobs=args.jobs,
+            progress=not args.no_progress,
+            stop_after=None if args.stop_after is None else 60.0 * args.stop_after,
+        )
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     report = write_report(out)
@@ -51,6 +69,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         + f" -> {out}/report.md"
     )
+    if result["unfinished"]:
+        print(
+            f"wound down: {result['unfinished']} cell(s) paused at a round boundary or not "
+            "started; rerun the same command to continue them."
+        )
     return 1 if result["failed"] or report["violations"] else 0
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from accounting import Ledger
 
+from .sweep import RESUMABLE_STOPS
+
 __all__ = ["build_report", "write_report"]
 
 METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "loss", "perplexity")
@@ -47,7 +49,9 @@ def _cell_row(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
     # A cell that trained less than planned is not comparable to its peers: it stays out of
     # the means. (A round interrupted after its write-ahead spend cannot be redone: its ε stays
     # counted, so a resumed cell may end a round short, or with a client skipped for budget.)
-    if planned is not None and completed < planned:
+    if summary.get("stopped_reason") in RESUMABLE_STOPS:  # a rerun of the sweep continues it
+        status = f"incomplete: {completed} of {planned} rounds ({summary['stopped_reason']})"
+    elif planned is not None and completed < planned:
         status = f"short: {completed} of {planned} rounds ({summary.get('stopped_reason')})"
     elif missed:
         status = f"short: {missed} client-round(s) skipped for budget or failed"
@@ -151,6 +155,10 @@ def write_report(out: str | Path) -> dict[str, Any]:
         md += ["", "Cells not in the means (trained less than planned; move the directory out of "
                "cells/ and rerun the sweep to replace one):", ""]  # fmt: skip
         md += [f"- cell {r['cell']} {r['status']}" for r in short]
+    waiting = [r for r in rows if r.get("status", "").startswith("incomplete")]
+    if waiting:
+        md += ["", "Incomplete cells (rerun the sweep to continue them):", ""]
+        md += [f"- cell {r['cell']} {r['status']}" for r in waiting]
     (out / "report.md").write_text("\n".join(md) + "\n")
     if metric:
         _plots(grouped, out / "plots", metric, title=_title(out, rows))
@@ -162,6 +170,7 @@ def write_report(out: str | Path) -> dict[str, Any]:
         "groups": len(grouped),
         "failed": len(failed),
         "short": len(short),
+        "incomplete": len(waiting),
         "violations": len(violations),
         "metric": metric,
     }

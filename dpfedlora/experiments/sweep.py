@@ -30,6 +30,11 @@ was named by an older version of the config schema (a key added since, at its de
 the same run) keeps that directory: upgrading dpfedlora does not rerun a finished sweep. Each
 cell runs in its own process (``dpfedlora run ... --resume``): a failed cell is reported with its
 error and does not stop the sweep.
+
+A sweep winds down at ``stop_after`` seconds or on SIGUSR1: no new cell starts, and each running
+cell finishes its round, checkpoints and stops (its ``PAUSE`` file). Nothing spent is lost, so the
+next sweep resumes those cells without leaving them short; stopping them inside a round (Ctrl-C,
+SIGTERM, a machine that goes away) leaves that round's recorded spend unused.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -50,7 +57,7 @@ import yaml
 
 from ..config import ConfigError, load_config, nest_overrides
 from ..federation.resume import differences_from
-from ..federation.rundir import config_hash
+from ..federation.rundir import RunDir, config_hash
 
 __all__ = [
     "Cell",
@@ -181,7 +188,7 @@ def locate_cells(out: Path, base: Path, cells: list[Cell]) -> dict[str, Path]:
 
 
 # stops after which `dpfedlora run --resume` continues (a run writes its summary on these too)
-RESUMABLE_STOPS = ("interrupted", "until_round")
+RESUMABLE_STOPS = ("interrupted", "until_round", "paused")
 
 
 def _status(cell_dir: Path) -> str:
@@ -197,9 +204,46 @@ def _status(cell_dir: Path) -> str:
     return "partial" if cell_dir.exists() else "new"
 
 
+class _WindDown:
+    """Once requested, running cells pause after their round and no new cell starts. The lock
+    orders it against starts: a cell either starts before the request (and gets a PAUSE file)
+    or never starts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[Path] = set()
+        self.requested = False
+        self.not_started = 0
+        self.started: list[Path] = []
+
+    def request(self, *_signal: object) -> None:
+        with self._lock:
+            self.requested = True
+            for cell_dir in self._running:
+                RunDir(cell_dir).pause_file.touch()
+
+    def start(self, cell_dir: Path) -> bool:
+        with self._lock:
+            if self.requested:
+                self.not_started += 1
+                return False
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            RunDir(cell_dir).take_pause_request()  # left by an earlier sweep's wind-down
+            self._running.add(cell_dir)
+            self.started.append(cell_dir)
+            return True
+
+    def finish(self, cell_dir: Path) -> None:
+        with self._lock:
+            self._running.discard(cell_dir)
+            RunDir(cell_dir).take_pause_request()  # a request that came after its last round
+
+
 def _run_cell(
-    base: Path, cell: Cell, cell_dir: Path, threads: int
+    base: Path, cell: Cell, cell_dir: Path, threads: int, wind_down: _WindDown | None = None
 ) -> tuple[Cell, str | None, float]:
+    """Run one cell in its own process; the error line, or None. A cell the wind-down kept
+    from starting returns the error None and 0 seconds, and stays new or partial."""
     from ..models.prefix_cache import STORE_ENV
 
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -218,9 +262,14 @@ def _run_cell(
         "--resume",
         "--no-progress",
     ]
+    wind_down = wind_down or _WindDown()
+    if not wind_down.start(cell_dir):
+        return cell, None, 0.0
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    (cell_dir.mkdir(parents=True, exist_ok=True))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    finally:
+        wind_down.finish(cell_dir)
     (cell_dir / "stdout.log").write_text(proc.stdout + proc.stderr)
     error = None
     if proc.returncode != 0:
@@ -236,8 +285,13 @@ def run_sweep(
     *,
     jobs: int | None = None,
     progress: bool = True,
+    stop_after: float | None = None,
     log=print,
 ) -> dict[str, Any]:
+    """Run the cells not yet done. ``stop_after`` (seconds from now) or SIGUSR1 winds the sweep
+    down: see the module's docstring."""
+    if stop_after is not None and not stop_after > 0:
+        raise ConfigError(f"stop_after must be a positive number of seconds. Found {stop_after}.")
     base, cells = load_sweep(sweep_file)
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
@@ -281,23 +335,44 @@ def run_sweep(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="cells", unit="cell")
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_run_cell, base, c, where[c.config_hash], threads) for c in todo]
-        for fut in as_completed(futures):
-            cell, error, seconds = fut.result()
-            if error:
-                failed[where[cell.config_hash].name] = error
-                (bar.write if bar else log)(
-                    f"cell {where[cell.config_hash].name} {dict(cell.overrides)} FAILED: {error}"
-                )
-            if bar:
-                bar.update(1)
+    wind_down = _WindDown()
+    timer = threading.Timer(stop_after, wind_down.request) if stop_after is not None else None
+    on_signal = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1")
+    previous = signal.signal(signal.SIGUSR1, wind_down.request) if on_signal else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [
+                pool.submit(_run_cell, base, c, where[c.config_hash], threads, wind_down)
+                for c in todo
+            ]
+            for fut in as_completed(futures):
+                cell, error, seconds = fut.result()
+                if error:
+                    failed[where[cell.config_hash].name] = error
+                    (bar.write if bar else log)(
+                        f"cell {where[cell.config_hash].name} {dict(cell.overrides)} FAILED: "
+                        f"{error}"
+                    )
+                if bar:
+                    bar.update(1)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if on_signal:
+            signal.signal(signal.SIGUSR1, previous)
     if bar:
         bar.close()
+    paused = [d for d in wind_down.started if d.name not in failed and _status(d) == "partial"]
     return {
         "cells": len(cells),
-        "ran": len(todo),
+        "ran": len(todo) - wind_down.not_started,
         "skipped": skipped,
         "failed": failed,
+        "wound_down": wind_down.requested,
+        # cells that stopped at a round boundary or never started: the next sweep runs them
+        "unfinished": len(paused) + wind_down.not_started,
         "dirs": {h: str(d) for h, d in where.items()},
     }

@@ -54,6 +54,19 @@ class RunDir:
         self.path = Path(path)
 
     @property
+    def pause_file(self) -> Path:
+        """Created by anyone (a sweep at its deadline, a user): the run stops before its next
+        round, as after SIGUSR1, and removes the file."""
+        return self.path / "PAUSE"
+
+    def take_pause_request(self) -> bool:
+        try:
+            self.pause_file.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    @property
     def ledger(self) -> Path:
         return self.path / "ledger.jsonl"
 

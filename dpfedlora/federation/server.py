@@ -150,6 +150,13 @@ class Federation:
         with StopRequest() as stop:
             bar = progress_bar(range(st.round + 1, last + 1), progress and st.running)
             for rnd in bar if st.running else ():
+                # checked only here, between rounds, so a pause never abandons a round's spend;
+                # and only once a round is checkpointed (a fresh run's set-up, say a private
+                # initialisation, is then never redone on resume)
+                if st.round > 0 and (stop.pause or self.dir.take_pause_request()):
+                    st.stopped_reason = "paused"
+                    self._say_paused(rnd)
+                    break
                 t0 = time.perf_counter()
                 # 1) sample clients; 2-3) broadcast, each client spends, trains and replies
                 with self._ledger_group():  # durable before anything of the round leaves
@@ -180,6 +187,8 @@ class Federation:
                 st.save(self.dir, ledger_pin(self.ledger))
         if st.running and st.round < cfg.server.rounds:
             st.stopped_reason = "until_round"
+        if st.running:  # a pause asked for after the last round would stop a later --resume
+            self.dir.take_pause_request()
         self.remote.close()
         return write_summary(
             self.dir, cfg, self.setup, st, self.ledger, time.perf_counter() - t_run
@@ -360,6 +369,13 @@ class Federation:
             num_labels=self.cfg.model.num_labels,
             label_token_ids=self.setup.label_token_ids(),
             calibration=self.setup.calibration_inputs(),
+        )
+
+    def _say_paused(self, rnd: int) -> None:
+        self.log(
+            f"paused before round {rnd} (SIGUSR1 or {self.dir.pause_file.name} file): every "
+            f"finished round is checkpointed and nothing spent is lost. `--resume` continues "
+            f"with round {rnd}."
         )
 
     def _say_interrupted(self, rnd: int, signame: str | None) -> None:

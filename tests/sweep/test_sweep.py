@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -276,6 +277,73 @@ def test_report_time_of_a_resumed_cell_counts_every_round(tmp_path):
     # the first process's round is in it: more than the second process's round alone
     assert rows[0]["round_seconds"] > recorded[1]["seconds"]
     assert groups[0]["round_seconds"] == pytest.approx(rows[0]["round_seconds"])
+
+
+def _two_cell_sweep(tmp_path) -> Path:
+    path = tmp_path / "two.yaml"
+    path.write_text(
+        f"base: {ROOT / 'configs' / 'tiny.yaml'}\n"
+        "grid:\n  server.rounds: [4]\n  train.local_steps: [10]\n  seed: [0, 1]\n"
+    )
+    return path
+
+
+def test_a_sweep_winds_down_at_its_deadline_and_the_rerun_leaves_no_cell_short(tmp_path):
+    """At ``stop_after`` no new cell starts and a running one pauses after its round; the rerun
+    finishes every cell with every client-round trained (nothing spent was lost)."""
+    from dpfedlora.experiments.report import write_report
+    from dpfedlora.experiments.sweep import _status, run_sweep
+
+    sweep, out = _two_cell_sweep(tmp_path), tmp_path / "sw"
+    first = run_sweep(sweep, out, jobs=1, progress=False, stop_after=0.01, log=lambda s: None)
+    assert first["wound_down"] and first["unfinished"] == 2 and not first["failed"]
+    cells = [Path(d) for d in first["dirs"].values()]
+    assert all(_status(d) != "done" for d in cells)
+    for d in cells:  # a cell that started trained a round, then paused
+        if (d / "summary.json").exists():
+            s = json.loads((d / "summary.json").read_text())
+            assert s["stopped_reason"] == "paused" and 1 <= s["rounds_completed"] < 4
+        assert not (d / "PAUSE").exists()
+    report = write_report(out)
+    assert report["incomplete"] == 2 and report["short"] == 0  # paused or never started
+    second = run_sweep(sweep, out, jobs=1, progress=False, log=lambda s: None)
+    assert not second["wound_down"] and second["unfinished"] == 0
+    assert second["ran"] == 2 and all(_status(d) == "done" for d in cells)
+    report = write_report(out)
+    assert report["short"] == 0 and report["incomplete"] == 0 and report["violations"] == 0
+
+
+def test_sigusr1_winds_a_sweep_down(tmp_path):
+    out = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "dpfedlora", "sweep", str(_two_cell_sweep(tmp_path))]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(out), "--jobs", "1", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(  # the first cell has trained a round
+        p.stat().st_size for p in out.glob("cells/*/metrics.jsonl")
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    # the running cell paused (or had just finished) and the other never started
+    assert "wound down: " in stdout and "rerun the same command" in stdout
+    assert "ran 1," in stdout
+
+
+def test_stop_after_must_be_positive(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "dpfedlora", "sweep", str(TINY_SWEEP), "--stop-after", "0",
+         "--out", str(tmp_path / "sw")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "--stop-after" in res.stderr and "Found 0.0" in res.stderr
+    assert not (tmp_path / "sw").exists()  # nothing written
 
 
 @pytest.mark.parametrize(
