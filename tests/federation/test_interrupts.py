@@ -83,12 +83,12 @@ def test_pause_finishes_the_round_and_loses_no_spend(tmp_path, how):
     import torch
 
     paused, whole = tmp_path / "p", tmp_path / "w"
-    args = ("--set", "server.rounds=4", "--set", "train.local_steps=10")
+    args = ("--set", "server.rounds=3", "--set", "train.local_steps=5")
     proc = subprocess.Popen(
         _cmd(paused, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
     )
     for line in proc.stdout:  # round 1 is done: ask during round 2 (or just before it)
-        if line.startswith("round 1/4"):
+        if line.startswith("round 1/3"):
             break
     if how == "SIGUSR1":
         proc.send_signal(signal.SIGUSR1)
@@ -100,7 +100,7 @@ def test_pause_finishes_the_round_and_loses_no_spend(tmp_path, how):
     assert msg and "nothing spent is lost" in msg[0], rest
     summary = json.loads((paused / "summary.json").read_text())
     assert summary["stopped_reason"] == "paused"
-    assert 1 <= summary["rounds_completed"] < 4
+    assert 1 <= summary["rounds_completed"] < 3
     assert not (paused / "PAUSE").exists()  # taken when honoured
     if how == "SIGUSR1":
         return  # the same pause as the file's; resuming it is checked once, below
@@ -109,7 +109,7 @@ def test_pause_finishes_the_round_and_loses_no_spend(tmp_path, how):
             _cmd(out, *args, *extra), capture_output=True, text=True, env=ENV, timeout=600
         )
         assert res.returncode == 0, res.stderr
-        assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 4
+        assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 3
     ledgers = [Ledger(out / "ledger.jsonl", accountant="fastpld") for out in (paused, whole)]
     assert ledgers[0].epsilons(delta=1e-5) == ledgers[1].epsilons(delta=1e-5)
     states = [torch.load(out / "checkpoint" / "final_state.pt") for out in (paused, whole)]

@@ -283,7 +283,7 @@ def _two_cell_sweep(tmp_path) -> Path:
     path = tmp_path / "two.yaml"
     path.write_text(
         f"base: {ROOT / 'configs' / 'tiny.yaml'}\n"
-        "grid:\n  server.rounds: [4]\n  train.local_steps: [10]\n  seed: [0, 1]\n"
+        "grid:\n  server.rounds: [2]\n  train.local_steps: [5]\n  seed: [0, 1]\n"
     )
     return path
 
@@ -302,7 +302,7 @@ def test_a_sweep_winds_down_at_its_deadline_and_the_rerun_leaves_no_cell_short(t
     for d in cells:  # a cell that started trained a round, then paused
         if (d / "summary.json").exists():
             s = json.loads((d / "summary.json").read_text())
-            assert s["stopped_reason"] == "paused" and 1 <= s["rounds_completed"] < 4
+            assert s["stopped_reason"] == "paused" and s["rounds_completed"] == 1
         assert not (d / "PAUSE").exists()
     report = write_report(out)
     assert report["incomplete"] == 2 and report["short"] == 0  # paused or never started
