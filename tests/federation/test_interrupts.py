@@ -36,14 +36,14 @@ def _cmd(out, *extra):
 def test_signal_stops_cleanly_and_resume_continues(tmp_path, sig):
     out = tmp_path / "r"
     proc = subprocess.Popen(
-        _cmd(out, "--set", "server.rounds=8", "--set", "train.local_steps=20"),
+        _cmd(out, "--set", "server.rounds=4", "--set", "train.local_steps=10"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
     )
     for line in proc.stdout:  # wait until round 1 is done, then interrupt round 2
-        if line.startswith("round 1/8"):
+        if line.startswith("round 1/4"):
             break
     proc.send_signal(sig)
     rest, err = proc.communicate(timeout=300)
@@ -55,17 +55,17 @@ def test_signal_stops_cleanly_and_resume_continues(tmp_path, sig):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped_reason"] == "interrupted"
     done = summary["rounds_completed"]
-    assert 1 <= done < 8
+    assert 1 <= done < 4
     res = subprocess.run(
         _cmd(
             out,
             "--set",
-            "server.rounds=8",
+            "server.rounds=4",
             "--set",
-            "train.local_steps=20",
+            "train.local_steps=10",
             "--resume",
             "--set",
-            "server.rounds=8",
+            "server.rounds=4",
         ),
         capture_output=True,
         text=True,
@@ -73,7 +73,7 @@ def test_signal_stops_cleanly_and_resume_continues(tmp_path, sig):
         timeout=600,
     )
     assert res.returncode == 0, res.stderr
-    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 8
+    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 4
 
 
 @pytest.mark.parametrize("how", ["SIGUSR1", "PAUSE file"])
