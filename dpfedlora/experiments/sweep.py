@@ -279,6 +279,56 @@ def _run_cell(
     return cell, error, time.perf_counter() - t0
 
 
+def _run_cells(
+    base: Path,
+    todo: list[Cell],
+    where: dict[str, Path],
+    jobs: int,
+    threads: int,
+    wind_down: _WindDown,
+    stop_after: float | None,
+    progress: bool,
+    log,
+) -> dict[str, str]:
+    """Run ``todo`` on ``jobs`` workers until done or wound down; the failed cells' errors."""
+    failed: dict[str, str] = {}
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="cells", unit="cell")
+    timer = threading.Timer(stop_after, wind_down.request) if stop_after is not None else None
+    on_signal = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1")
+    previous = signal.signal(signal.SIGUSR1, wind_down.request) if on_signal else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [
+                pool.submit(_run_cell, base, c, where[c.config_hash], threads, wind_down)
+                for c in todo
+            ]
+            for fut in as_completed(futures):
+                cell, error, seconds = fut.result()
+                if error:
+                    failed[where[cell.config_hash].name] = error
+                    (bar.write if bar else log)(
+                        f"cell {where[cell.config_hash].name} {dict(cell.overrides)} FAILED: "
+                        f"{error}"
+                    )
+                if bar:
+                    bar.update(1)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if on_signal:
+            signal.signal(signal.SIGUSR1, previous)
+    if bar:
+        bar.close()
+    return failed
+
+
 def run_sweep(
     sweep_file: str | Path,
     out: str | Path,
@@ -329,42 +379,8 @@ def run_sweep(
     jobs = jobs or default_jobs()
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log(f"{len(cells)} cells: {skipped} already complete, {len(todo)} to run, {jobs} in parallel")
-    failed: dict[str, str] = {}
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc="cells", unit="cell")
     wind_down = _WindDown()
-    timer = threading.Timer(stop_after, wind_down.request) if stop_after is not None else None
-    on_signal = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1")
-    previous = signal.signal(signal.SIGUSR1, wind_down.request) if on_signal else None
-    if timer is not None:
-        timer.daemon = True
-        timer.start()
-    try:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [
-                pool.submit(_run_cell, base, c, where[c.config_hash], threads, wind_down)
-                for c in todo
-            ]
-            for fut in as_completed(futures):
-                cell, error, seconds = fut.result()
-                if error:
-                    failed[where[cell.config_hash].name] = error
-                    (bar.write if bar else log)(
-                        f"cell {where[cell.config_hash].name} {dict(cell.overrides)} FAILED: "
-                        f"{error}"
-                    )
-                if bar:
-                    bar.update(1)
-    finally:
-        if timer is not None:
-            timer.cancel()
-        if on_signal:
-            signal.signal(signal.SIGUSR1, previous)
-    if bar:
-        bar.close()
+    failed = _run_cells(base, todo, where, jobs, threads, wind_down, stop_after, progress, log)
     paused = [d for d in wind_down.started if d.name not in failed and _status(d) == "partial"]
     return {
         "cells": len(cells),
