@@ -340,7 +340,7 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run the cells not yet done. ``stop_after`` (seconds from now) or SIGUSR1 winds the sweep
     down: see the module's docstring."""
-    if stop_after is not None and not stop_after > 0:
+    if stop_after is not None and not 0 < stop_after < math.inf:  # a Timer cannot wait inf
         raise ConfigError(f"stop_after must be a positive number of seconds. Found {stop_after}.")
     base, cells = load_sweep(sweep_file)
     out = Path(out)
