@@ -8,6 +8,9 @@ spent. The server never sees more than the reply.
 
 from __future__ import annotations
 
+import secrets
+import sys
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +20,7 @@ from accounting import BudgetExceededError, Event, Ledger, dpsgd_event
 from ..data.tensors import TensorData
 from ..methods.base import ClientSpec
 from ..wire import Broadcast, Reply
+from .contract import RELEASABLE
 from .trainer import Trainer
 
 __all__ = ["Client", "Budget"]
@@ -44,6 +48,9 @@ class Client:
     steps: int  # local DP-SGD steps per round
     trainer: Trainer | None = None
     budget: Budget | None = None  # None: non-private (nothing to spend)
+    # plain reply metrics allowed to leave (outside DP): all in a simulation, where the server
+    # is the same person; a data owner's node keeps its contract's (by default none)
+    release: frozenset[str] = frozenset(RELEASABLE)
 
     @property
     def expected_batch(self) -> float:
@@ -74,7 +81,7 @@ class Client:
                     "current_epsilon": err.current_epsilon,
                     "planned_epsilon": err.planned_epsilon,
                     "budget": err.budget,
-                }, error=str(err))  # fmt: skip
+                }, error="budget")  # fmt: skip
         try:
             local = self.trainer.train_local(
                 self, rnd, broadcast.tensors, noise_multiplier=broadcast.noise_multiplier
@@ -83,8 +90,14 @@ class Client:
             bad = [k for k, t in payload.items() if not bool(torch.isfinite(t).all())]
             if bad:
                 raise FloatingPointError(f"non-finite payload tensor {bad[0]}")
-        except Exception as exc:  # noqa: BLE001 - one client's failure must not end the run
-            return Reply(rnd, cid, "failed", event=event, error=f"{type(exc).__name__}: {exc}")
-        metrics = {"loss": local.loss, "steps": local.steps, "examples_seen": local.examples_seen,
-                   "seconds": local.seconds}  # fmt: skip
+        except Exception:  # noqa: BLE001 - one client's failure must not end the run
+            # the reply carries a code only: an error's text can depend on the records (a
+            # membership oracle outside DP); the details stay here, under an id
+            fid = secrets.token_hex(4)
+            print(f"client {cid} round {rnd} failed (failure id {fid}):\n"
+                  f"{traceback.format_exc()}", file=sys.stderr, flush=True)  # fmt: skip
+            return Reply(rnd, cid, "failed", event=event, error="failed:internal")
+        plain = {"loss": local.loss, "examples_seen": local.examples_seen,
+                 "seconds": local.seconds}  # fmt: skip
+        metrics = {"steps": local.steps, **{k: v for k, v in plain.items() if k in self.release}}
         return Reply(rnd, cid, "ok", payload, metrics, event)

@@ -11,8 +11,9 @@ Run config (``[tool.flwr.app.config]`` of the packaged app, set by ``dpfedlora d
 - ``node-wait``: seconds to wait for them.
 - ``round-timeout``: seconds to wait for a round's replies.
 
-The server never reads a shard. Each node reports its shard's size (the server needs it for q)
-and label counts; both fall outside the DP guarantee. Each node enforces its own budget. The
+The server never reads a shard. Each node reports what its owner declares public: its shard's
+size (the server needs it for q) and, only if the owner opts in, a label histogram with
+Gaussian noise spent in the owner's ledger. Each node enforces its own budget. The
 server's ledger is a mirror built from the events in the replies. A node that does not answer is
 counted as having spent its planned release: the mirror never under-counts.
 """
@@ -28,6 +29,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from .. import __version__
+from ..client.contract import REASONS
 from ..wire import Broadcast, Reply
 from .client_app import REFUSED
 
@@ -88,11 +90,23 @@ class FlowerClients:
                     f"SuperNode {nid} runs dpfedlora {info['version']}; the server runs "
                     f"{__version__}. Install the same version."
                 )
+            if "refused" in info:
+                code = info["refused"]
+                raise DeployError(f"SuperNode {nid} refused the run ({code}: "
+                                  f"{REASONS.get(code, 'unknown reason')}).")  # fmt: skip
             for shard in info["shards"]:
                 cid = shard["cid"]
                 if cid in infos:
                     raise DeployError(f"two SuperNodes hold partition {cid}.")
-                infos[cid] = ShardInfo(cid, shard["num_examples"], tuple(shard["label_counts"]))
+                if shard.get("num_examples") is None:
+                    raise DeployError(
+                        f"SuperNode {nid} declares no public size for partition {cid}; the "
+                        "server needs it for q = batch / n. Its owner may set "
+                        "`public-shard-size = true` in the node config."
+                    )
+                # label counts leave a node only noised, and only if its owner opts in
+                counts = tuple(shard.get("label_counts", ()))
+                infos[cid] = ShardInfo(cid, int(shard["num_examples"]), counts)
                 self.node_of[cid] = nid
         missing = [str(i) for i in range(n) if str(i) not in infos]
         if missing:

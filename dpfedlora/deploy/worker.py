@@ -1,9 +1,11 @@
 """The node-local worker: one per SuperNode, warm across messages, rounds and runs.
 
 It holds what belongs to the data owner: the base model, the owner's shard, the owner's ledger
-and the owner's budget. A train request goes through :meth:`Client.train`. The budget check and
-the write-ahead record in the node's own ledger come first. A request the budget refuses is
-answered ``refused`` and the shard is never read, whatever the server asked for.
+and the owner's contract (the node config: budget, δ, clip norm, accountant, noise, what may
+leave). Every request goes through :class:`~dpfedlora.client.node.Node`: the contract and the
+broadcast are checked, then the budget, then the write-ahead record in the node's own ledger;
+only then is the shard read. A request outside the contract or the budget is answered
+``refused`` with a reason code, whatever the server asked for.
 
 The worker exits when:
 
@@ -18,14 +20,13 @@ Run as ``python -m dpfedlora.deploy.worker``. The ClientApp starts it.
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import secrets
 import signal
 import sys
 import threading
 import time
 import traceback
-from dataclasses import replace
 from multiprocessing.connection import Listener
 from pathlib import Path
 from typing import Any
@@ -36,95 +37,70 @@ from .protocol import PROTOCOL, authkey, pid_alive, pid_file, recv, send, socket
 __all__ = ["Worker", "main"]
 
 
-def owner_config(cfg_data: dict[str, Any], node_config: dict[str, Any]):
-    """The config as the owner runs it: secure noise unless ``noise = "config"``."""
-    from ..config import Experiment, from_dict
-
-    cfg = from_dict(Experiment, cfg_data)
-    noise = str(node_config.get("noise", "secure"))
-    if noise not in ("secure", "config"):
-        raise ValueError(f'node config `noise` must be "secure" or "config". Found {noise!r}.')
-    if noise == "secure" and cfg.privacy.private and not cfg.privacy.secure_mode:
-        cfg = replace(cfg, privacy=replace(cfg.privacy, secure_mode=True))
-    return cfg
-
-
 class Worker:
-    """Answers describe and train requests for one node: the clients (shards) it holds."""
+    """Answers describe and train requests for one node: the clients (shards) it holds, under
+    the owner's contract (:mod:`dpfedlora.client.node`)."""
 
     def __init__(self, state_dir: str | Path) -> None:
         self.state_dir = Path(state_dir)
-        self._key: str | None = None
-        self._clients: dict[str, Any] = {}
+        self._node = None
+        self._node_key: str | None = None
 
-    def _clients_for(self, cfg_data: dict[str, Any], node_config: dict[str, Any]):
+    def node(self, node_config: dict[str, Any]):
+        """The owner's :class:`~dpfedlora.client.node.Node` for this node config (the node
+        config is the owner's, local to the node: it never comes from the server)."""
         import json
 
-        from accounting import Ledger
+        from ..client.contract import contract_from_node_config
+        from ..client.node import Node
 
-        from ..client import Budget
-        from ..federation.setup import build_setup
+        key = json.dumps(node_config, sort_keys=True, default=str)
+        if key != self._node_key:
+            contract_from_node_config(node_config, request={})  # a bad node config fails now
 
-        key = json.dumps([cfg_data, node_config], sort_keys=True)
-        if key == self._key:
-            return self._clients
-        cfg = owner_config(cfg_data, node_config)
-        cids = partition_ids(node_config, cfg.data.num_clients)
-        self._key, self._clients = None, {}  # one model in memory: drop the old set-up first
-        setup = build_setup(cfg, own=own_files(node_config, cids), holds=set(cids))
-        p = cfg.privacy
-        # one ledger for the node's clients (records are per client): the owner's disk
-        ledger = (
-            Ledger(self.state_dir / "ledger.jsonl", accountant=p.accountant) if p.private else None
-        )
-        budget = owner_budget(node_config, p.budget) if p.private else 0.0
-        clients = {}
-        by_cid = {c.spec.cid: c for c in setup.clients}
-        for cid in cids:
-            client = by_cid[cid]
-            client.budget = Budget(ledger, budget, p.delta) if ledger is not None else None
-            clients[cid] = client
-        self._key, self._clients = key, clients
-        return clients
+            def build(cfg, contract):
+                from ..federation.setup import build_setup
+
+                cids = partition_ids(node_config, cfg.data.num_clients)
+                setup = build_setup(cfg, own=own_files(node_config, cids), holds=set(cids))
+                by_cid = {c.spec.cid: c for c in setup.clients}
+                return {cid: by_cid[cid] for cid in cids}
+
+            self._node = Node(
+                self.state_dir,
+                contract_for=lambda req: contract_from_node_config(node_config, request=req),
+                build=build,
+            )
+            self._node_key = key
+        return self._node
 
     def handle(
         self, header: dict[str, Any], payloads: list[bytes]
     ) -> tuple[dict[str, Any], list[bytes]]:
-        """``describe``: the node's shards. ``train``: one broadcast per payload, each for a
-        client this node holds, trained in order; one result (and one payload) per broadcast."""
-        import numpy as np
-
-        clients = self._clients_for(header["config"], header["node_config"])
+        """``describe``: what the owner declares public about its shards. ``train``: one
+        broadcast per payload, each answered under the owner's contract, in order; one result
+        (and one payload) per broadcast."""
+        node = self.node(header["node_config"])
         if header["action"] == "describe":
-            shards = [{"cid": c.spec.cid, "num_examples": c.spec.num_examples,
-                       "label_counts": np.bincount(c.data.class_labels).tolist()}
-                      for c in clients.values()]  # fmt: skip
+            shards = node.describe(header["config"])
+            if not isinstance(shards, list):
+                return {"status": "ok", "info": {"refused": shards.reason,
+                                                 "version": __version__}}, []  # fmt: skip
             return {"status": "ok", "info": {"shards": shards, "version": __version__}}, []
         results, out = [], []
         for payload in payloads:
-            result, data = self._train_one(clients, payload)
-            results.append(result)
-            out.append(data)
+            t0 = time.perf_counter()
+            reply = node.train(header["config"], payload)
+            print(f"round {reply.round} client {reply.client}: {reply.status} {reply.error} "
+                  f"in {time.perf_counter() - t0:.2f} s", flush=True)  # fmt: skip
+            if reply.status == "skipped":
+                refusal = {"error": reply.error, "metrics": reply.metrics}
+                results.append({"cid": reply.client, "status": "refused", "reason": refusal})
+                out.append(b"")
+            else:
+                results.append({"cid": reply.client, "status": reply.status})
+                out.append(reply.to_bytes())
         return {"status": "ok", "info": {"results": results}}, out
-
-    def _train_one(self, clients: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
-        from ..wire import Broadcast
-
-        t0 = time.perf_counter()
-        broadcast = Broadcast.from_bytes(payload)
-        cid = broadcast.client
-        client = clients.get(cid)
-        if client is None:
-            reason = f"this node holds clients {sorted(clients)}, not {cid}"
-            return {"cid": cid, "status": "error", "reason": reason}, b""
-        # the budget check and the write-ahead record in this node's ledger come first
-        reply = client.train(broadcast)
-        print(f"round {broadcast.round} client {cid}: {reply.status} in "
-              f"{time.perf_counter() - t0:.2f} s", flush=True)  # fmt: skip
-        if reply.status == "skipped":
-            refusal = {"error": reply.error, "metrics": reply.metrics}
-            return {"cid": cid, "status": "refused", "reason": refusal}, b""
-        return {"cid": cid, "status": reply.status}, reply.to_bytes()
 
 
 def partition_ids(node_config: dict[str, Any], num_clients: int) -> list[str]:
@@ -141,27 +117,6 @@ def partition_ids(node_config: dict[str, Any], num_clients: int) -> list[str]:
         raise ValueError(f"node config `partition-ids` must lie in 0..{num_clients - 1} "
                          f"(data.num_clients = {num_clients}). Found {raw!r}.")  # fmt: skip
     return [str(i) for i in ids]
-
-
-def owner_budget(node_config: dict[str, Any], config_budget: float) -> float:
-    """The owner's ε budget: node config ``epsilon-budget``, never the server's word. Only a
-    node that follows the config's noise (``noise = "config"``: tests and loopback runs, where
-    one person holds every node) may take the config's budget instead."""
-    raw = node_config.get("epsilon-budget")
-    if raw is None:
-        if str(node_config.get("noise", "secure")) == "config":
-            return config_budget
-        raise ValueError(
-            "node config needs `epsilon-budget`: the data owner's own ε budget, which this node "
-            "enforces whatever the server asks (e.g. epsilon-budget = 3.0)."
-        )
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"node config `epsilon-budget` must be a number > 0. Found {raw!r}.")
-    return value
 
 
 def own_files(node_config: dict[str, Any], cids: list[str]) -> dict[int, str] | None:
@@ -224,9 +179,11 @@ def serve(state_dir: str, watch_pid: int, idle_timeout: float) -> None:
                     send(conn, {"status": "restart"})
                     stop()
                 answer, data = worker.handle(header, payloads)
-            except Exception as exc:  # noqa: BLE001 - reported to the server as the node's error
+            except Exception:  # noqa: BLE001 - the details stay in the node's log, under an id
+                fid = secrets.token_hex(4)
+                print(f"request failed (failure id {fid}):", flush=True)
                 traceback.print_exc()
-                answer, data = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}, []
+                answer, data = {"status": "error", "reason": "failed:internal"}, []
             try:
                 send(conn, answer, data)
             except OSError:

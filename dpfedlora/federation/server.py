@@ -342,7 +342,8 @@ class Federation:
         p = self.cfg.privacy
         metrics = self.evaluate(state)
         max_eps = self.ledger.max_epsilon(delta=p.delta) if self.ledger is not None else 0.0
-        losses = [r.metrics["loss"] for r, _, _ in done.good]
+        # a node releases its loss only if its owner allows it (outside DP)
+        losses = [r.metrics["loss"] for r, _, _ in done.good if "loss" in r.metrics]
         return {
             "round": rnd,
             "clients": len(done.good),

@@ -13,7 +13,8 @@ import pytest
 from accounting import Ledger
 from dpfedlora.config import to_dict
 from dpfedlora.deploy.protocol import authkey, recv, send, socket_path
-from dpfedlora.deploy.worker import Worker, owner_config, partition_ids
+from dpfedlora.client.contract import ContractError, contract_from_node_config
+from dpfedlora.deploy.worker import Worker, partition_ids
 from dpfedlora.wire import Broadcast, Reply
 from tests.helpers import tiny_cfg, tiny_setup
 
@@ -60,23 +61,23 @@ def test_bad_partition_ids_name_the_key(node_config, match):
 def test_nodes_draw_secure_noise_unless_told_otherwise():
     data = to_dict(tiny_cfg())
     assert not tiny_cfg().privacy.secure_mode
-    assert owner_config(data, {}).privacy.secure_mode  # a real deployment's default
-    assert owner_config(data, {"noise": "secure"}).privacy.secure_mode
-    assert not owner_config(data, {"noise": "config"}).privacy.secure_mode  # tests only
-    with pytest.raises(ValueError, match="noise"):
-        owner_config(data, {"noise": "seeded"})
+    assert contract_from_node_config({"epsilon-budget": 3}).noise == "secure"  # the default
+    assert contract_from_node_config({"noise": "config"}, request=data).noise == "config"
+    with pytest.raises(ContractError, match="noise"):
+        contract_from_node_config({"epsilon-budget": 3, "noise": "seeded"})
 
 
 def test_the_owner_states_its_budget():
-    from dpfedlora.deploy.worker import owner_budget
-
-    assert owner_budget({"epsilon-budget": 2}, 8.0) == 2.0  # the owner's, not the config's
-    assert owner_budget({"noise": "config"}, 8.0) == 8.0  # loopback and tests only
-    with pytest.raises(ValueError, match="epsilon-budget"):
-        owner_budget({}, 8.0)  # a real node (secure noise) must say it
-    for bad in (0, -1, "x", float("inf"), float("nan")):
-        with pytest.raises(ValueError, match="epsilon-budget"):
-            owner_budget({"epsilon-budget": bad}, 8.0)
+    data = to_dict(tiny_cfg())
+    got = contract_from_node_config({"epsilon-budget": 2}, request=data)
+    assert got.epsilon_budget == 2.0 and got.delta == 1e-5  # the owner's, not the config's
+    loop = contract_from_node_config({"noise": "config"}, request=data)
+    assert loop.epsilon_budget == 3.0  # loopback and tests only: the config is the owner's
+    with pytest.raises(ContractError, match="epsilon-budget"):
+        contract_from_node_config({}, request=data)  # a real node (secure noise) must say it
+    for bad in (0, -1, "x", float("nan")):
+        with pytest.raises(ContractError, match="epsilon-budget"):
+            contract_from_node_config({"epsilon-budget": bad})
 
 
 def _request(cfg, node_config, action, payloads=()):
@@ -94,7 +95,7 @@ def test_the_worker_describes_its_shards_as_the_simulator_splits_them(tmp_path):
     for s in shards:
         client = setup.clients[int(s["cid"])]
         assert s["num_examples"] == client.spec.num_examples == len(client.data)
-        assert sum(s["label_counts"]) == s["num_examples"]
+        assert "label_counts" not in s  # only a noised histogram leaves, and only on opt-in
 
 
 def test_the_owner_budget_refuses_before_anything_is_recorded_or_trained(tmp_path):
@@ -111,13 +112,14 @@ def test_the_owner_budget_refuses_before_anything_is_recorded_or_trained(tmp_pat
     answer, data = worker.handle(*_request(cfg, node, "train", [request]))
     (result,) = answer["info"]["results"]
     assert result["status"] == "refused" and data == [b""]
+    assert result["reason"]["error"] == "budget"
     assert result["reason"]["metrics"]["planned_epsilon"] > 0.5
     assert result["reason"]["metrics"]["budget"] == 0.5
     assert not (tmp_path / "ledger.jsonl").exists() or not Ledger(tmp_path / "ledger.jsonl")
     # a request for a client this node does not hold is an error, not a training
     other = Broadcast(1, "2", view, 1.0).to_bytes()
     answer, _ = worker.handle(*_request(cfg, {**node, "epsilon-budget": 10.0}, "train", [other]))
-    assert answer["info"]["results"][0]["status"] == "error"
+    assert answer["info"]["results"][0]["reason"]["error"] == "unknown_client"
 
 
 def test_the_worker_trains_what_an_in_process_client_trains(tmp_path):
@@ -239,7 +241,7 @@ def test_a_node_trains_on_its_own_file_and_reads_nothing_else(tmp_path):
     worker = Worker(tmp_path / "n")
     answer, _ = worker.handle(*_request(cfg, node, "describe"))
     (shard,) = answer["info"]["shards"]
-    assert shard == {"cid": "3", "num_examples": 60, "label_counts": [45, 15]}
+    assert shard == {"cid": "3", "num_examples": 60}
     from dpfedlora.federation.setup import ShardInfo, build_setup
 
     server = build_setup(
