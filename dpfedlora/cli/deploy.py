@@ -115,12 +115,23 @@ def cmd_local(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     noise = "secure" if args.secure_noise else "config"
+    # loopback: one person holds every node, so each owner's contract is the config's own (a
+    # "config" node takes it from the request; a secure node must state it)
+    p = cfg.privacy
+    contract = {"epsilon-budget": p.budget, "delta": p.delta, "max-clip-norm": p.clip_norm,
+                "accountant": p.accountant, "allow-non-private": not p.private}  # fmt: skip
+    contracts = {i: contract for i in range(args.supernodes)} if noise == "secure" else None
     try:
         # SIGTERM, like Ctrl-C, unwinds through LocalFederation.__exit__, which stops every
         # process it started by PID
         previous = signal.signal(signal.SIGTERM, _interrupt)
         with LocalFederation(
-            out / "deployment", args.supernodes, cfg.data.num_clients, log=log, noise=noise
+            out / "deployment",
+            args.supernodes,
+            cfg.data.num_clients,
+            log=log,
+            noise=noise,
+            contracts=contracts,
         ) as fed:
             log(
                 f"federation up: SuperLink on 127.0.0.1:{fed.port} (TLS, SuperNode "

@@ -159,11 +159,7 @@ class Node:
             client.release = contract.release
             if cfg.privacy.private:
                 client.budget = Budget(ledger, contract.epsilon_budget, contract.delta)
-        any_client = next(iter(clients.values()))
-        trainer, method = any_client.trainer, any_client.trainer.method
-        params = dict(trainer.model.named_parameters())
-        names = (set(method.managed_names()) | set(method.trainable_union())) & set(params)
-        self._allowed = {n: (tuple(params[n].shape), params[n].dtype) for n in names}
+        self._allowed = next(iter(clients.values())).trainer.loadable
         self._key, self._clients = key, clients
         return clients
 

@@ -111,6 +111,10 @@ class Trainer:
             self.loss_fn = functools.partial(label_word_loss, ids=list(label_token_ids))
         self.params = dict(model.named_parameters())
         union = method.trainable_union()
+        # what a broadcast may set: the method's tensors, never a frozen base weight (a server
+        # could otherwise choose weights that make a client's computation answer its question)
+        names = (set(method.managed_names()) | set(union)) & set(self.params)
+        self.loadable = {n: (tuple(self.params[n].shape), self.params[n].dtype) for n in names}
         if not union:
             raise PreflightError(f"method {method.name!r} has no trainable tensors.")
         # batches move here per step; client states stay on the host (models.precision)
@@ -169,6 +173,9 @@ class Trainer:
     ) -> LocalResult:
         """``shard.steps`` DP-SGD steps from ``received`` on the method's trainable tensors."""
         cfg, method = self.cfg, self.method
+        extra = sorted(set(received) - set(self.loadable))
+        if extra:
+            raise ValueError(f"the broadcast sets {extra[0]!r}, which the method does not manage.")
         self.load(received)
         self.set_scaling(method.scaling(shard.spec))
         names = method.trainable_names(round_idx)

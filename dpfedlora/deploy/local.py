@@ -81,7 +81,7 @@ def _bin(name: str) -> str:
 
 
 def _toml(value) -> str:
-    return json.dumps(value) if isinstance(value, str) else repr(value)
+    return json.dumps(value) if isinstance(value, (str, bool)) else repr(value)
 
 
 class LocalFederation:
@@ -89,11 +89,15 @@ class LocalFederation:
 
     def __init__(self, workdir: str | Path, supernodes: int, clients: int, *, log=print,
                  epsilon_budgets: dict[int, float] | None = None,
-                 noise: str = "config") -> None:  # fmt: skip
+                 noise: str = "config",
+                 contracts: dict[int, dict[str, object]] | None = None) -> None:  # fmt: skip
         """Node ``i`` holds clients ``i, i + N, i + 2N, ...`` of ``clients`` (their shards, their
         ledger); ``epsilon_budgets``: the owner's own budget of some nodes; ``noise``: the nodes'
         noise setting (``"secure"``: OS entropy whatever the config says; ``"config"``: follow
-        ``privacy.secure_mode``, so that seeded runs reproduce the simulator)."""
+        ``privacy.secure_mode``, so that seeded runs reproduce the simulator); ``contracts``:
+        more owner-contract keys of some nodes' node configs (``delta``, ``max-clip-norm``,
+        ``allow-non-private``, ...; see :mod:`dpfedlora.client.contract`).
+        A ``noise = "config"`` node takes every contract key it does not state from the config."""
         if not 1 <= supernodes <= clients:
             raise DeployLaunchError(
                 f"`--supernodes` must be between 1 and data.num_clients = {clients}. "
@@ -103,6 +107,7 @@ class LocalFederation:
         self.n, self.clients, self.log = supernodes, clients, log
         self.budgets = epsilon_budgets or {}
         self.noise = noise
+        self.contracts = contracts or {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.started: set[int] = set()
         self.node_ports: dict[int, int] = {}
@@ -175,6 +180,7 @@ class LocalFederation:
         node_cfg = {"partition-ids": ids, "state-dir": str(state), "noise": self.noise}
         if i in self.budgets:
             node_cfg["epsilon-budget"] = float(self.budgets[i])
+        node_cfg.update(self.contracts.get(i, {}))
         (state / "node.toml").write_text(
             "".join(f"{k} = {_toml(v)}\n" for k, v in node_cfg.items())
         )
