@@ -27,14 +27,13 @@ import os
 import subprocess
 import sys
 import time
-from multiprocessing.connection import Client as Connect
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from .. import __version__
-from .protocol import PROTOCOL, authkey, recv, send, socket_path
+from .protocol import PROTOCOL, connect, recv, send
 
 __all__ = ["app", "REFUSED"]
 
@@ -72,11 +71,10 @@ def _ask(node_config, header: dict, payloads: list[bytes]) -> tuple[dict, list[b
     node_pid = _supernode_pid()
     header = {**header, "version": __version__, "protocol": PROTOCOL, "node_pid": node_pid,
               "node_config": dict(node_config)}  # fmt: skip
-    key, sock = authkey(state_dir), str(socket_path(state_dir))
     deadline, started = time.monotonic() + WORKER_START_TIMEOUT, False
     while True:
         try:
-            conn = Connect(sock, family="AF_UNIX", authkey=key)
+            conn = connect(state_dir)  # checks the key file and both ends of the handshake
         except (FileNotFoundError, ConnectionRefusedError):
             if time.monotonic() > deadline:
                 raise RuntimeError(

@@ -4,40 +4,145 @@ A Flower 1.42 SuperNode starts a fresh ``flwr-clientapp`` process for every mess
 torch and the model there would cost seconds per round. So the ClientApp forwards the message's
 bytes to one long-lived worker per node over a Unix socket.
 
-- The socket lives in a directory only the node's user can open (0700), and the socket itself is
-  0600.
-- Every connection is authenticated with a 32-byte key from a 0600 file in the node's state
-  directory (``multiprocessing.connection`` HMAC challenge).
-- A message is a JSON header (with ``n``, the number of payloads) followed by ``n`` bytes
-  frames. Nothing is unpickled.
+What is authenticated, and how:
+
+- Both ends prove they hold the node's 32-byte key (``worker.key`` in its state directory) by a
+  mutual HMAC-SHA256 challenge-response before any message is sent. The worker sends
+  ``MAGIC + nonce_s`` (32 random bytes); the client answers
+  ``HMAC(key, MAGIC | "client" | nonce_s | nonce_c)`` and its own nonce ``nonce_c``; only if that
+  matches (``hmac.compare_digest``) does the worker answer ``HMAC(key, MAGIC | "server" | nonce_s
+  | nonce_c)``, which the client checks before it sends the message. Fresh nonces on both sides
+  make a recorded answer useless in another session; the role labels stop a reflected one. So a
+  process without the key can neither ask the worker to train nor pose as the worker to collect
+  the broadcasts.
+- Not the stdlib's ``authkey=``: on Python 3.10 and 3.11 it is HMAC-MD5 with an ``==`` compare,
+  and it has no timeout. Here the handshake frames have fixed sizes (nothing larger is read) and
+  a deadline, so a peer that hangs cannot block the worker for more than ``HANDSHAKE_TIMEOUT``.
+  On Linux each end also checks that the other runs as this user (``SO_PEERCRED``).
+- Files: the state directory and the socket directory must be real directories (not symbolic
+  links) of this user, mode 0700; the key a regular file of this user, mode 0600, 32 bytes. Each
+  is opened with ``O_NOFOLLOW`` and checked with ``fstat`` on what was opened, and the key is
+  opened relative to the checked directory. Anything else is refused with an error that names
+  the path, what was found and the fix. One exception: a state directory of this user with a
+  looser mode is made 0700, as before (``deploy local`` and users make it with their umask).
+  The key is written in full to a temporary file, then hard-linked into place (``link`` never
+  replaces), so a process that races its creation never reads a partial key.
+- One worker per state directory: the worker holds an exclusive ``flock`` on ``<socket>.lock``
+  for its whole life. Only while holding it does it remove a socket left by a dead worker, and
+  only a socket: a regular file or a link at that path is left alone.
+
+A message is a JSON header (with ``n``, the number of payloads) followed by ``n`` bytes frames.
+Nothing is unpickled.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import hmac
 import json
 import os
 import secrets
+import socket
+import stat
+import struct
 import tempfile
+import time
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-__all__ = ["socket_path", "authkey", "send", "recv", "pid_file", "pid_alive", "PROTOCOL"]
+__all__ = [
+    "socket_path", "authkey", "send", "recv", "pid_file", "pid_alive", "PROTOCOL",
+    "listen", "connect", "WorkerListener", "server_handshake", "client_handshake",
+    "AuthenticationError", "UnsafePathError", "AnotherWorkerError", "require_private",
+]  # fmt: skip
 
-PROTOCOL = 2  # bumped when the frames change; a worker that differs is restarted
+PROTOCOL = 3  # bumped when the frames or the handshake change; a worker that differs is restarted
 MAX_FRAMES = 100_000  # payloads in one message: one per client the node holds
+KEY_BYTES = 32
+KEY_FILE = "worker.key"
+HANDSHAKE_TIMEOUT = 10.0  # seconds for a peer to finish the handshake once it has begun
+LOCK_WAIT = 5.0  # seconds a new worker waits for an exiting one (a restart) to let go
+BACKLOG = 16
+
+MAGIC = b"dpfedlora worker socket v1\n"  # the worker's first bytes, and the MACs' domain prefix
+_NONCE = 32
+_MAC = 32  # SHA-256
 
 
-def _private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
-    return path
+class UnsafePathError(PermissionError):
+    """A worker file or directory that is not private to this user, or not of the right kind."""
+
+
+class AnotherWorkerError(RuntimeError):
+    """A live worker already serves this state directory."""
+
+
+def _kind(mode: int) -> str:
+    kinds = [(stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "directory"),
+             (stat.S_ISREG, "regular file"), (stat.S_ISSOCK, "socket")]  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def require_private(
+    st: os.stat_result, path: Path, *, what: str, mode: int | None, fix: str
+) -> None:
+    """Refuse ``path`` (``st`` is its ``fstat``) unless this user owns it and, when ``mode`` is
+    given, its permission bits are exactly ``mode``. ``fix`` says what to do about the mode."""
+    uid = os.getuid()
+    if st.st_uid != uid:
+        raise UnsafePathError(
+            f"{what} {path} is owned by uid {st.st_uid}, not by this user (uid {uid}). Fix: run "
+            f"the node as the user who owns it, or remove it so that a new one is made."
+        )
+    found = stat.S_IMODE(st.st_mode)
+    if mode is not None and found != mode:
+        raise UnsafePathError(
+            f"{what} {path} has mode {found:04o}; it must be {mode:04o} (only its user). Fix: {fix}"
+        )
+
+
+def _open_private_dir(path: Path, *, tighten: bool, fix: str) -> int:
+    """An fd of directory ``path`` (made 0700 if missing): a real directory of this user, mode
+    0700. With ``tighten``, a looser directory of this user is made 0700 rather than refused: the
+    state directory, which ``deploy local`` and users create with their umask."""
+    try:
+        path.mkdir(parents=True, mode=0o700)
+        created = True
+    except FileExistsError:
+        created = False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        raise UnsafePathError(
+            f"{path} is a {_kind(os.lstat(path).st_mode)}, not a directory; the worker's files "
+            f"need a real directory of this user (symbolic links are refused). Fix: {fix}"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        # a directory we just made may lack bits the umask took; one of the user's, if allowed
+        may_fix = created or tighten
+        require_private(st, path, what="directory", mode=None if may_fix else 0o700, fix=fix)
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def socket_path(state_dir: str | Path) -> Path:
-    """A short path (Unix sockets allow ~107 bytes) unique to the state directory."""
+    """A short path (Unix sockets allow ~107 bytes) unique to the state directory, in a 0700
+    directory of this user under the temporary directory."""
     key = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:16]
-    base = _private_dir(Path(tempfile.gettempdir()) / f"dpfedlora-{os.getuid()}")
+    base = Path(tempfile.gettempdir()) / f"dpfedlora-{os.getuid()}"
+    fix = f"chmod 700 {base} if it is yours, else remove it or set TMPDIR to your own directory"
+    os.close(_open_private_dir(base, tighten=False, fix=fix))
     return base / f"{key}.sock"
 
 
@@ -57,15 +162,310 @@ def pid_alive(pid: int) -> bool:
 
 
 def authkey(state_dir: str | Path) -> bytes:
-    """The node's key, created on first use with mode 0600."""
-    path = _private_dir(Path(state_dir)) / "worker.key"
+    """The node's 32-byte key, made on first use (see the module docstring for the checks)."""
+    state = Path(state_dir)
+    fix = f"point state-dir at a real directory of this user, not at a link ({state})"
+    dfd = _open_private_dir(state, tighten=True, fix=fix)
+    try:  # every file operation is relative to the directory that was checked
+        try:
+            return _read_key(dfd, state / KEY_FILE)
+        except FileNotFoundError:
+            _create_key(dfd, state / KEY_FILE)
+            return _read_key(dfd, state / KEY_FILE)
+    finally:
+        os.close(dfd)
+
+
+def _read_key(dfd: int, path: Path) -> bytes:
+    remake = "stop the node's worker and delete it; a new key is made on next use"
+    try:  # O_NONBLOCK: a FIFO planted at the path must not hang open()
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EMLINK):  # EMLINK: O_NOFOLLOW on BSDs
+            raise
+        raise UnsafePathError(
+            f"the worker key {path} is a symbolic link; it must be a regular file. Fix: {remake}."
+        ) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(
+                f"the worker key {path} is a {_kind(st.st_mode)}, not a regular file. Fix: remove "
+                f"it; a new key is made on next use."
+            )
+        fix = f"{remake} (others may have read it), or chmod 600 {path} if no one could have"
+        require_private(st, path, what="the worker key", mode=0o600, fix=fix)
+        key = f.read(KEY_BYTES + 1)
+    if len(key) != KEY_BYTES:
+        raise ValueError(
+            f"the worker key {path} holds {len(key)} bytes, not {KEY_BYTES}. Fix: {remake}."
+        )
+    return key
+
+
+def _create_key(dfd: int, path: Path) -> None:
+    """Write a whole key under a temporary name, then link it into place. ``link`` fails when
+    the key exists, so the first creator wins and no reader ever sees a partly written key."""
+    tmp = f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(32))
-    return path.read_bytes()
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            f.write(secrets.token_bytes(KEY_BYTES))
+            f.flush()
+            os.fsync(fd)
+        try:
+            os.link(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except FileExistsError:
+            pass  # another process made the key first: everyone uses that one
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP):
+                raise
+            raise OSError(
+                exc.errno, f"cannot make the worker key {path}: its file system has no hard "
+                f"links, which making the key atomically needs. Fix: use a state-dir on a local "
+                f"file system."
+            ) from exc  # fmt: skip
+    finally:
+        os.unlink(tmp, dir_fd=dfd)
+
+
+# --- the handshake (fixed-size frames, a deadline on each side) ---
+
+
+def _mac(key: bytes, role: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
+    return hmac.new(key, MAGIC + role + server_nonce + client_nonce, hashlib.sha256).digest()
+
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise TimeoutError("timed out")
+        sock.settimeout(left)  # the deadline covers the whole exchange: no byte-by-byte stalling
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError(f"the peer hung up after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def _send(sock: socket.socket, data: bytes, deadline: float) -> None:
+    sock.settimeout(max(deadline - time.monotonic(), 1e-3))
+    sock.sendall(data)
+
+
+def _check_peer(sock: socket.socket) -> None:
+    """The other end runs as this user (Linux says who; elsewhere the 0700 directory decides)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
+    pid, uid, _gid = struct.unpack("iII", creds)
+    if uid != os.getuid():
+        raise AuthenticationError(f"the peer (pid {pid}) runs as uid {uid}, not this user")
+
+
+def server_handshake(
+    sock: socket.socket, key: bytes, *, timeout: float = HANDSHAKE_TIMEOUT
+) -> None:
+    """The worker's side: refuse a client without ``key``, then prove ``key`` to it. Raises
+    :class:`AuthenticationError` for a wrong answer, a hang-up or a peer slower than ``timeout``."""
+    deadline = time.monotonic() + timeout
+    try:
+        _check_peer(sock)
+        server_nonce = secrets.token_bytes(_NONCE)
+        _send(sock, MAGIC + server_nonce, deadline)
+        answer = _recv_exact(sock, _MAC + _NONCE, deadline)
+        client_nonce = answer[_MAC:]
+        if not hmac.compare_digest(answer[:_MAC], _mac(key, b"client", server_nonce, client_nonce)):
+            raise AuthenticationError("refused a client without this node's key")
+        _send(sock, _mac(key, b"server", server_nonce, client_nonce), deadline)
+    except TimeoutError as exc:
+        raise AuthenticationError(f"a client did not finish the handshake in {timeout}s") from exc
+    except (OSError, EOFError) as exc:
+        raise AuthenticationError(f"a client broke off the handshake: {exc}") from exc
+
+
+def client_handshake(
+    sock: socket.socket, key: bytes, *, timeout: float = HANDSHAKE_TIMEOUT,
+    hello_timeout: float | None = None,
+) -> None:  # fmt: skip
+    """The ClientApp's side: prove ``key``, then check that the worker holds it too, before
+    anything else is sent. The worker's first bytes may wait ``hello_timeout`` (default: no
+    limit), as the worker serves one request at a time; the rest must come within ``timeout``."""
+    try:
+        _check_peer(sock)
+        hello = None if hello_timeout is None else time.monotonic() + hello_timeout
+        if _recv_exact(sock, len(MAGIC), hello) != MAGIC:
+            raise AuthenticationError(
+                "the process at the worker socket speaks another protocol (a worker of an older "
+                "dpfedlora?). Fix: stop it; the next message starts a new worker"
+            )
+        deadline = time.monotonic() + timeout
+        server_nonce = _recv_exact(sock, _NONCE, deadline)
+        client_nonce = secrets.token_bytes(_NONCE)
+        _send(sock, _mac(key, b"client", server_nonce, client_nonce) + client_nonce, deadline)
+        proof = _recv_exact(sock, _MAC, deadline)
+    except EOFError as exc:
+        raise AuthenticationError(
+            "the worker hung up during the handshake: it holds another key (was worker.key "
+            "replaced while it ran?) or it is exiting. Fix: stop it; the next message starts a "
+            "new worker"
+        ) from exc
+    except OSError as exc:
+        raise AuthenticationError(f"the handshake with the worker failed: {exc}") from exc
+    if not hmac.compare_digest(proof, _mac(key, b"server", server_nonce, client_nonce)):
+        raise AuthenticationError(
+            "the process at the worker socket does not hold this node's key; nothing was sent "
+            "to it. Fix: stop that process; the next message starts a new worker"
+        )
+
+
+def _connection(sock: socket.socket) -> Connection:
+    sock.settimeout(None)  # a request may train for minutes: no deadline after the handshake
+    return Connection(sock.detach())
+
+
+# --- the two ends ---
+
+
+def _try_lock(path: Path) -> tuple[int | None, str]:
+    """``(fd, "")`` with an exclusive flock on ``path`` held by ``fd``, or ``(None, holder's
+    pid)`` while another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    holder = ""
+    try:
+        require_private(os.fstat(fd), path, what="the worker lock", mode=None, fix="")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _same_file(fd, path):  # a lock file removed while we waited would lock nobody out
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the next worker's error
+            return fd, ""
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None, holder
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _lock(path: Path, wait: float) -> int:
+    deadline = time.monotonic() + wait
+    while (taken := _try_lock(path))[0] is None:
+        if time.monotonic() >= deadline:
+            pid = taken[1] or "unknown"
+            raise AnotherWorkerError(
+                f"another worker serves this node: pid {pid} (socket {path.with_suffix('.sock')})."
+                f" One worker per state directory: stop that one (kill {pid}) or let it serve."
+            )
+        time.sleep(0.05)
+    return taken[0]
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """With the node's lock held, a socket at ``path`` is one a dead worker left behind."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UnsafePathError(
+            f"{path} is a {_kind(st.st_mode)}, not a worker socket; it is left alone. Fix: move "
+            f"it away (dpfedlora did not make it)."
+        )
+    require_private(st, path, what="the stale worker socket", mode=None, fix="")
+    os.unlink(path)
+
+
+class WorkerListener:
+    """The worker's end for ``state_dir``: ``accept()`` returns a :class:`Connection` only to a
+    client that proved the node's key. Holds the node's lock until :meth:`close`. Raises
+    :class:`AnotherWorkerError` while a live worker serves ``state_dir`` (after waiting
+    ``lock_wait`` seconds for one that is exiting), :class:`UnsafePathError` for a path that is
+    not private to this user or a non-socket at the socket's path."""
+
+    def __init__(
+        self, state_dir: str | Path, *, lock_wait: float = LOCK_WAIT,
+        timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:  # fmt: skip
+        self._key, self.address, self._timeout = authkey(state_dir), socket_path(state_dir), timeout
+        self._lock = _lock(self.address.with_suffix(".lock"), lock_wait)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            _clear_stale_socket(self.address)
+            self._sock.bind(str(self.address))
+            os.chmod(self.address, 0o600)  # before listen(): nobody could connect yet
+            self._sock.listen(BACKLOG)
+            self._inode = os.lstat(self.address).st_ino
+        except BaseException:
+            self._sock.close()
+            os.close(self._lock)
+            raise
+        self._closed = False
+
+    def accept(self) -> Connection:
+        """Wait for a client; raise :class:`AuthenticationError` if it fails the handshake."""
+        sock, _ = self._sock.accept()
+        try:
+            server_handshake(sock, self._key, timeout=self._timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return _connection(sock)
+
+    def close(self) -> None:
+        """Remove the socket while the lock still makes it ours, then let the lock go."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if os.lstat(self.address).st_ino == self._inode:
+                os.unlink(self.address)
+        except FileNotFoundError:
+            pass
+        lock = self.address.with_suffix(".lock")
+        if _same_file(self._lock, lock):  # a worker waiting on it sees it gone and locks anew
+            lock.unlink()
+        self._sock.close()
+        os.close(self._lock)
+
+    def __enter__(self) -> WorkerListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+listen = WorkerListener  # the worker's side of :func:`connect`
+
+
+def connect(
+    state_dir: str | Path, *, timeout: float = HANDSHAKE_TIMEOUT,
+    hello_timeout: float | None = None,
+) -> Connection:  # fmt: skip
+    """A connection to the node's worker after the mutual handshake. ``FileNotFoundError`` or
+    ``ConnectionRefusedError``: no worker is listening (start one)."""
+    key, path = authkey(state_dir), socket_path(state_dir)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+        client_handshake(sock, key, timeout=timeout, hello_timeout=hello_timeout)
+    except AuthenticationError as exc:
+        sock.close()
+        raise AuthenticationError(f"{exc} (socket {path}; pid in {pid_file(state_dir)})") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return _connection(sock)
 
 
 def send(conn, header: dict[str, Any], payloads: list[bytes] = ()) -> None:
