@@ -11,7 +11,7 @@ happens. This package never imports torch or opacus (a test checks it).
 2.1
 """
 
-from .accountant import Accountant
+from .accountant import MAX_DELTA, Accountant
 from .backends import (
     BACKENDS,
     DEFAULT_BACKEND,
@@ -37,6 +37,7 @@ from .ledger import SCOPES, BudgetExceededError, Ledger, LedgerError, LedgerWarn
 
 __all__ = [
     "Accountant",
+    "MAX_DELTA",
     "BACKENDS",
     "DEFAULT_BACKEND",
     "available_backends",

@@ -14,7 +14,15 @@ from typing import ClassVar
 
 from .events import Component, Event, flatten
 
-__all__ = ["Accountant", "check_delta", "check_epsilon", "LARGE_EPSILON"]
+__all__ = [
+    "Accountant",
+    "check_delta",
+    "check_target_delta",
+    "check_epsilon",
+    "large_delta_problem",
+    "LARGE_EPSILON",
+    "MAX_DELTA",
+]
 
 # Above this RDP bound the tight backends' work grows with ε without useful limit (measured:
 # prv-accountant, falling back to PLD, takes 13 s and 0.7 GB at an RDP bound of 574, 30 s and
@@ -23,9 +31,35 @@ __all__ = ["Accountant", "check_delta", "check_epsilon", "LARGE_EPSILON"]
 LARGE_EPSILON = 500.0
 
 
+# No (ε, δ) guarantee a user asks for may have δ at or above this: publishing each record with
+# probability 0.1 is (0, 0.1)-DP. The privacy profile itself (``delta(epsilon)``) and audits
+# still handle any δ in (0, 1); only a δ a user names as the guarantee is refused.
+MAX_DELTA = 0.1
+
+
 def check_delta(delta: float, name: str = "delta") -> float:
+    """A probability in (0, 1): what the accountant's maths accepts."""
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta < 1.0:
         raise ValueError(f"`{name}` must be in (0, 1). Found {delta!r}.")
+    return float(delta)
+
+
+def large_delta_problem(delta: object) -> str:
+    """Why a δ at or above :data:`MAX_DELTA` is refused, after the name of the key or flag
+    (shared with the config and the command line, so every entry point says the same)."""
+    return (
+        f"must be below {MAX_DELTA:g} (a δ this large is no guarantee: a mechanism that "
+        f"publishes a random {MAX_DELTA:.0%} of records meets it). Found {delta!r}. Use a value "
+        "below 1/n, e.g. 1e-5."
+    )
+
+
+def check_target_delta(delta: float, name: str = "delta") -> float:
+    """δ of a guarantee a user asks for: in (0, :data:`MAX_DELTA`)."""
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0.0:
+        raise ValueError(f"`{name}` must be in (0, {MAX_DELTA:g}). Found {delta!r}.")
+    if not delta < MAX_DELTA:
+        raise ValueError(f"`{name}` " + large_delta_problem(delta))
     return float(delta)
 
 
@@ -74,8 +108,11 @@ class Accountant(ABC):
         return [Component(q, s, n) for (q, s), n in merged.items()]
 
     def epsilon(self, delta: float) -> float:
-        """Upper bound on ε at ``delta`` for everything composed so far (0 if nothing)."""
-        check_delta(delta)
+        """Upper bound on ε at ``delta`` for everything composed so far (0 if nothing).
+
+        ``delta`` must be below :data:`MAX_DELTA`: larger values guarantee nothing. The
+        privacy profile at large δ is :meth:`delta` (ε -> δ), which takes any ε."""
+        check_target_delta(delta)
         comps = self.components
         if any(c.non_private for c in comps):
             return math.inf

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .accountant import check_delta
+from .accountant import check_target_delta
 from .backends import DEFAULT_BACKEND, make_accountant
 from .events import Event, dpsgd_event
 
@@ -67,7 +67,7 @@ def noise_multiplier_for(
 
     Args:
         target_epsilon: the ε budget, > 0 and finite.
-        delta: target δ in (0, 1).
+        delta: target δ in (0, 0.1) (larger guarantees nothing; below 1/n in practice).
         make_event: σ -> the whole planned release (e.g. all DP-SGD steps of all rounds).
         accountant: backend name ("fastpld", "prv", "pld", "rdp").
         rtol, atol: stop once ε(σ) >= target - max(rtol * target, atol).
@@ -81,7 +81,7 @@ def noise_multiplier_for(
         raise ValueError(
             f"`target_epsilon` must be a positive finite number. Found {target_epsilon!r}."
         )
-    check_delta(delta)
+    check_target_delta(delta)
     probes = 0
 
     def eps(sigma: float) -> float:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .accountant import check_delta
+from .accountant import check_target_delta
 from .backends import DEFAULT_BACKEND, make_accountant
 from .events import Event, EventFormatError, event_from_json, event_to_json, flatten
 from .history import History, best_bound, extend, rdp_epsilon
@@ -255,10 +255,10 @@ class Ledger:
 
     def epsilon(self, client: str, *, delta: float) -> float:
         """ε upper bound spent by ``client`` so far, at ``delta``."""
-        return self._bound(self.history(client), check_delta(delta))
+        return self._bound(self.history(client), check_target_delta(delta))
 
     def epsilons(self, *, delta: float) -> dict[str, float]:
-        check_delta(delta)
+        check_target_delta(delta)
         return {c: self._bound(h, delta) for c, h in sorted(
             self._history.items(), key=lambda kv: _client_sort_key(kv[0]))}  # fmt: skip
 
@@ -266,7 +266,7 @@ class Ledger:
         """max over clients of their ε, computing the tight bound for as few distinct
         histories as possible: in decreasing order of their RDP bound, stopping once the next
         RDP bound (which caps that history's ε) is no larger than the maximum found."""
-        check_delta(delta)
+        check_target_delta(delta)
         ranked = sorted(
             ((rdp_epsilon(h, delta), h) for h in set(self._history.values())), reverse=True
         )
@@ -287,7 +287,7 @@ class Ledger:
         Raises:
             BudgetExceededError: naming the client, current ε, planned ε and budget.
         """
-        check_delta(delta)
+        check_target_delta(delta)
         after = extend(self.history(client), flatten(planned))
         fast = rdp_epsilon(after, delta)
         if fast <= budget:

@@ -18,6 +18,7 @@ from typing import Any
 
 from accounting import (
     DEFAULT_BACKEND,
+    MAX_DELTA,
     Ledger,
     LedgerError,
     available_backends,
@@ -25,6 +26,7 @@ from accounting import (
     dpsgd_event,
     make_accountant,
 )
+from accounting.accountant import large_delta_problem
 from accounting.calibrate import CalibrationError
 
 from . import CLIError
@@ -57,8 +59,12 @@ def rate(text: str) -> float:
 
 def delta(text: str) -> float:
     value = _number(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), typically below 1/n. Found {text}.")
+    if value >= MAX_DELTA:
+        raise argparse.ArgumentTypeError(large_delta_problem(value))
+    if not value > 0:
+        raise argparse.ArgumentTypeError(
+            f"must be in (0, {MAX_DELTA:g}), typically below 1/n. Found {text}."
+        )
     return value
 
 
@@ -98,7 +104,7 @@ def _run_settings(run_dir: Path) -> dict[str, Any]:
 def _add_common(p: argparse.ArgumentParser, *, with_delta: bool = True) -> None:
     if with_delta:
         p.add_argument(
-            "--delta", type=delta, required=True, help="target δ (probability, in (0, 1))"
+            "--delta", type=delta, required=True, help="target δ (below 0.1, and below 1/n)"
         )
     p.add_argument(
         "--accountant",

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+from .data_names import data_name_kind
 
 __all__ = [
     "ConfigError",
@@ -183,7 +184,10 @@ class PartitionConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    # builtin:synthetic | builtin:sms_spam | a local .csv/.tsv/.json/.jsonl/.parquet | a HF id
+    # builtin:synthetic | builtin:sms_spam | a local .csv/.tsv/.json/.jsonl/.parquet file |
+    # hub:<id> for a Hugging Face hub dataset (network). Only the hub: prefix ever reaches the
+    # hub: a name that looks like a path (a / or \, a leading . or ~, an extension) is read from
+    # disk only, and a bare name is an error (data_names.py)
     name: str = "builtin:synthetic"
     text_column: str = "text"
     label_column: str = "label"
@@ -196,8 +200,8 @@ class DataConfig:
     # examples then lose the end of the text, never the instruction or the answer
     prompt_template: str = ""
     response_column: str = "response"
-    train_split: str = "train"  # hub datasets
-    eval_split: str = ""  # hub datasets with a held-out split; empty: split train
+    train_split: str = "train"  # hub: datasets
+    eval_split: str = ""  # hub: datasets with a held-out split; empty: split train
     num_examples: int = 0  # 0 = all (synthetic: 1200); else a seeded random subset of train
     eval_fraction: float = 0.2  # held-out share (stratified, seeded) when there is no split
     num_clients: int = 4
@@ -220,7 +224,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
-            raise ConfigError(f"`data.name` must be a dataset id or path. Found {self.name!r}.")
+            raise ConfigError(
+                f"`data.name` must be builtin:<name>, a file path or hub:<id>. Found {self.name!r}."
+            )
+        try:
+            data_name_kind("data.name", self.name)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.seed is not None:
             check_int("data.seed", self.seed, minimum=0, fix="Or null to follow `seed`.")
         if self.public_seed is not None:
@@ -270,7 +280,10 @@ class PrivacyConfig:
     mode: str = "sample"  # none | sample (record-level DP-SGD on each client)
     target_epsilon: float | None = 8.0  # calibrate σ to this (per client, whole run); or give σ
     noise_multiplier: float | None = None  # σ = noise std / clip norm; overrides calibration
-    delta: float = 1e-5
+    delta: float = 1e-5  # below 0.1 always; below 1/n for the smallest shard (else an error)
+    # research on δ itself only: δ >= 1/n for the smallest shard becomes a loud warning instead
+    # of an error (a mechanism that publishes one record outright meets such a δ)
+    allow_large_delta: bool = False
     clip_norm: float = 1.0  # per-sample L2 clip C on exactly the trainable (sent) tensors
     accountant: str = "fastpld"  # fastpld | prv | pld | rdp
     # hooks | ghost | auto (hooks unless their per-sample gradients do not fit; `dpfedlora
@@ -283,22 +296,31 @@ class PrivacyConfig:
     diagnostics: bool = True
 
     def __post_init__(self) -> None:
-        from accounting import available_backends
+        from accounting import MAX_DELTA, available_backends
+        from accounting.accountant import large_delta_problem
 
         check_choice("privacy.mode", self.mode, PRIVACY_MODES)
         check_choice(
             "privacy.grad_sample_mode", self.grad_sample_mode, (*GRAD_SAMPLE_MODES, "auto")
         )
         check_choice("privacy.accountant", self.accountant, available_backends())
+        number = isinstance(self.delta, (int, float)) and not isinstance(self.delta, bool)
+        if number and self.delta >= MAX_DELTA:  # the opt-out below never lifts this cap
+            raise ConfigError("`privacy.delta` " + large_delta_problem(self.delta))
         check_number(
             "privacy.delta",
             self.delta,
             low=0.0,
-            high=1.0,
+            high=MAX_DELTA,
             low_open=True,
             high_open=True,
             fix="Use a value below 1/n, e.g. 1e-5.",
         )
+        if not isinstance(self.allow_large_delta, bool):
+            found = self.allow_large_delta
+            raise ConfigError(
+                f"`privacy.allow_large_delta` must be true or false. Found {found!r}."
+            )
         check_number("privacy.clip_norm", self.clip_norm, low=0.0, low_open=True)
         if self.noise_multiplier is not None:
             check_number(

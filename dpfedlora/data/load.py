@@ -8,6 +8,13 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, DataConfig, ModelConfig
+from ..config.data_names import (
+    BUILTIN_PREFIX,
+    HUB_PREFIX,
+    data_name_kind,
+    file_extensions,
+    looks_like_path,
+)
 from ..tasks import TASKS
 from .rows import Rows, column
 from .sources import read_source, synthetic_tokens
@@ -57,10 +64,17 @@ def load_records(path: str, cfg: DataConfig, model: ModelConfig, tokenizer: Any)
 
     from ..config import PartitionConfig
 
+    name = str(path)
+    if not looks_like_path(name) or name.startswith((BUILTIN_PREFIX, HUB_PREFIX)):
+        raise ConfigError(
+            f"a data owner's `data-path` must be a local {file_extensions()} file. Found {path!r}."
+        )
+    try:
+        data_name_kind("data-path", name)  # an unsupported extension: refused, never fetched
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     # the owner's file is its shard: no partition column is needed
-    own = replace(cfg, name=str(path), partition=PartitionConfig())
-    if own.name.startswith("builtin:"):
-        raise ConfigError(f"a data owner's `data-path` must be a local file. Found {path!r}.")
+    own = replace(cfg, name=name, partition=PartitionConfig())
     rows, _ = read_source(own)
     _check_rows(rows, own, model, tokenizer)
     return tokenize(rows, own, model, tokenizer)

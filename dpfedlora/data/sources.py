@@ -1,5 +1,8 @@
 """Where examples come from: built-ins shipped with the package, local files, the hub.
 
+Which one is decided by the name alone (:mod:`dpfedlora.config.data_names`): only a ``hub:``
+name is ever sent to a hub; a local path, whatever its extension, is read from disk or refused.
+
 A source returns ``(train_rows, eval_rows or None)``; the synthetic task is generated as token
 ids directly (it has no text).
 """
@@ -12,9 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ConfigError, DataConfig, ModelConfig
+from ..config.data_names import FILE_BUILDERS, HUB_PREFIX, data_name_kind, file_extensions
 from .rows import Rows
 
-__all__ = ["DATA_SOURCES", "BUILTIN_DIR", "read_source", "synthetic_tokens"]
+__all__ = [
+    "DATA_SOURCES",
+    "BUILTIN_DIR",
+    "check_local_file",
+    "local_file",
+    "read_source",
+    "synthetic_tokens",
+]
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data_files"
 
@@ -35,43 +46,62 @@ def _sms_spam(cfg: DataConfig) -> tuple[Rows, Rows | None]:
     return {"text": texts, "label": labels, "prompt": prompts, "response": responses}, None
 
 
-def _from_datasets(cfg: DataConfig) -> tuple[Rows, Rows | None]:
-    """Local files through datasets' packaged builders, or a hub id (needs a network)."""
+def _quiet_datasets():
     import datasets
-    from datasets import load_dataset
 
     datasets.disable_progress_bars()  # its bars would interleave with the run's own lines
     datasets.utils.logging.set_verbosity(50)  # a bad file becomes our one-line ConfigError
-    path = Path(cfg.name)
-    builders = {
-        ".csv": "csv",
-        ".tsv": "csv",
-        ".json": "json",
-        ".jsonl": "json",
-        ".parquet": "parquet",
-    }
-    if path.suffix in builders:
-        if not path.is_file():
-            raise ConfigError(f"`data.name` is a file path that does not exist: {cfg.name!r}.")
-        if path.stat().st_size == 0:
-            raise ConfigError(f"`data.name` is an empty file: {cfg.name!r}.")
-        kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
-        try:
-            ds = load_dataset(builders[path.suffix], data_files=str(path), split="train", **kwargs)
-        except Exception as exc:  # noqa: BLE001 - datasets raises many types for a bad file
-            raise ConfigError(
-                f"`data.name` = {cfg.name!r} cannot be read as {builders[path.suffix]} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-                "Check its format and that it is UTF-8 text."
-            ) from None
-        return ds.to_dict(), None
+    return datasets.load_dataset
+
+
+def local_file(cfg: DataConfig) -> Path:
+    """The readable, non-empty local file ``data.name`` names (checked before any model is
+    built: :func:`dpfedlora.federation.setup.build_setup`). Never contacts a hub."""
+    path = Path(cfg.name).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"`data.name` is a file path that does not exist: {cfg.name!r}. Give an existing "
+            f"{file_extensions()} file, or hub:<id> for a hub dataset."
+        )
+    if path.stat().st_size == 0:
+        raise ConfigError(f"`data.name` is an empty file: {cfg.name!r}.")
+    return path
+
+
+def check_local_file(cfg: DataConfig) -> None:
+    """Fail at once, before a model is built, when ``data.name`` is a missing or empty file."""
+    if data_name_kind("data.name", cfg.name) == "file":
+        local_file(cfg)
+
+
+def _from_file(cfg: DataConfig) -> tuple[Rows, Rows | None]:
+    """A local file through datasets' packaged builders (no network)."""
+    path = local_file(cfg)
+    builder = FILE_BUILDERS[path.suffix.lower()]
+    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    load_dataset = _quiet_datasets()
     try:
-        ds = load_dataset(cfg.name)
+        ds = load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for a bad file
+        raise ConfigError(
+            f"`data.name` = {cfg.name!r} cannot be read as {builder} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            "Check its format and that it is UTF-8 text."
+        ) from None
+    return ds.to_dict(), None
+
+
+def _from_hub(cfg: DataConfig) -> tuple[Rows, Rows | None]:
+    """A hub dataset named ``hub:<id>`` (needs a network); only this source contacts a hub."""
+    hub_id = cfg.name[len(HUB_PREFIX) :].strip()
+    load_dataset = _quiet_datasets()
+    try:
+        ds = load_dataset(hub_id)
     except Exception as exc:  # noqa: BLE001 - offline, unknown id, bad files: all user-facing
         raise ConfigError(
-            f"`data.name` = {cfg.name!r} is not a built-in, a local file or a loadable dataset "
-            f"({type(exc).__name__}). Built-ins: builtin:sms_spam, builtin:synthetic; local "
-            ".csv/.tsv/.json/.jsonl/.parquet files; hub ids need a network."
+            f"`data.name` = {cfg.name!r}: hub dataset {hub_id!r} cannot be loaded "
+            f"({type(exc).__name__}). Check the id and the network, or use a local "
+            f"{file_extensions()} file."
         ) from None
     for split in (cfg.train_split, cfg.eval_split):
         if split and split not in ds:
@@ -87,14 +117,22 @@ def _from_datasets(cfg: DataConfig) -> tuple[Rows, Rows | None]:
 DATA_SOURCES: dict[str, Callable[[DataConfig], tuple[Rows, Rows | None]]] = {
     "builtin:sms_spam": _sms_spam,
 }
+# data.name's kind (config.data_names) -> the reader of everything that is not a named built-in
+_READERS: dict[str, Callable[[DataConfig], tuple[Rows, Rows | None]]] = {
+    "file": _from_file,
+    "hub": _from_hub,
+}
 
 
 def read_source(cfg: DataConfig) -> tuple[Rows, Rows | None]:
-    """The rows of a configured text dataset (a built-in, a local file or a hub id)."""
-    if cfg.name.startswith("builtin:") and cfg.name not in DATA_SOURCES:
+    """The rows of a configured text dataset (a built-in, a local file or a ``hub:`` id)."""
+    if cfg.name in DATA_SOURCES:
+        return DATA_SOURCES[cfg.name](cfg)
+    kind = data_name_kind("data.name", cfg.name)  # the config validated it: never raises here
+    if kind == "builtin":
         known = ", ".join(sorted([*DATA_SOURCES, "builtin:synthetic"]))
         raise ConfigError(f"unknown built-in dataset {cfg.name!r}. Built-ins: {known}.")
-    return DATA_SOURCES.get(cfg.name, _from_datasets)(cfg)
+    return _READERS[kind](cfg)
 
 
 def synthetic_tokens(

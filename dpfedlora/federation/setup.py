@@ -19,6 +19,7 @@ from ..client import Client, Trainer
 from ..config import ConfigError, Experiment
 from ..data.load import load_data, load_records
 from ..data.partition import label_histogram, partition
+from ..data.sources import check_local_file
 from ..data.split import stratified_split
 from ..data.tensors import TensorData
 from ..methods import ClientSpec, Method, make_method
@@ -292,6 +293,8 @@ def build_setup(
       split and shards as a simulation, but only these clients keep their data (and only
       theirs goes through the frozen-prefix cache); no held-out set is kept.
     """
+    if own is None:  # a missing data file fails before the model is built (owners never read it)
+        check_local_file(cfg.data)
     method = make_method(cfg.method, seed=cfg.seed)
     built = with_label_head(cfg, build_model(cfg.model, seed=cfg.seed))
     clients, eval_data, public, histogram, left_out = _load(cfg, method, built, remote, own, holds)

@@ -102,8 +102,12 @@ def _replace(flag, value):
             "argument --noise-multiplier: must be a positive finite number. Found -2.",
         ),
         (
+            ["epsilon", *_replace("--delta", "0")],
+            "argument --delta: must be in (0, 0.1), typically below 1/n. Found 0.",
+        ),
+        (
             ["epsilon", *_replace("--delta", "1")],
-            "argument --delta: must be in (0, 1), typically below 1/n. Found 1.",
+            "argument --delta: must be below 0.1 (a δ this large is no guarantee",
         ),
         (
             ["epsilon", *_replace("--steps", "0")],

@@ -9,6 +9,7 @@ import pytest
 
 from dpfedlora.config import ConfigError, DataConfig, ModelConfig
 from dpfedlora.data import load_data, stratified_split
+from tests.helpers import tiny_cfg
 
 
 class WordTokenizer:
@@ -182,3 +183,113 @@ def test_causal_lm_loss_only_on_response_tokens(tmp_path):
         ]
         want.append(torch.stack(terms).mean())
     torch.testing.assert_close(got, torch.stack(want))
+
+
+# ------------------------------------------------------------------ what data.name names
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a socket fails the test loudly (a hub request would need one)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("builtin:synthetic", "builtin"),
+        ("hub:imdb", "hub"),
+        ("hub:stanfordnlp/sst2", "hub"),
+        ("data.csv", "file"),
+        ("shards/data.JSONL", "file"),
+        ("~/records.parquet", "file"),
+        ("C:\\data\\records.tsv", "file"),
+    ],
+)
+def test_data_name_kinds(name, kind):
+    from dpfedlora.config.data_names import data_name_kind
+
+    assert data_name_kind("data.name", name) == kind
+    assert DataConfig(name=name).name == name
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("notes.txt", r"local path with extension '.txt'.*\.csv/\.tsv/\.json/\.jsonl/\.parquet"),
+        ("./records", "local path with no file extension"),
+        ("~/data", "local path with no file extension"),
+        ("org/dataset", "local path with no file extension.*hub:<id>"),
+        ("imdb", "Write hub:imdb"),
+        ("hub:", "names no hub dataset"),
+    ],
+)
+def test_data_names_that_are_neither_files_nor_marked_hub_ids_are_config_errors(name, message):
+    with pytest.raises(ConfigError, match=f"`data.name` = {name!r}.*" + message):
+        DataConfig(name=name)
+
+
+def test_an_unsupported_local_file_fails_at_once_without_the_network(tmp_path, capsys, no_network):
+    import time
+
+    from dpfedlora.cli import main
+    from tests.helpers import TINY
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("patient 1: private words\n")
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    code = main(
+        ["run", str(TINY), "--no-progress", "--out", str(out), "--set", f"data.name={notes}"]
+    )
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "notes.txt" in lines[0] and ".csv/.tsv/.json/.jsonl/.parquet" in lines[0]
+    assert elapsed < 5.0  # was 32 s of retried hub requests naming the file
+    assert not out.exists()
+
+
+def test_a_missing_file_fails_before_the_model_is_built(tmp_path, monkeypatch, no_network):
+    from dpfedlora.federation import setup
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built for data that does not exist")
+
+    monkeypatch.setattr(setup, "build_model", no_model)
+    cfg = tiny_cfg(f"data.name={tmp_path / 'missing.csv'}")
+    with pytest.raises(ConfigError, match="does not exist.*missing.csv.*\\.csv/\\.tsv"):
+        setup.build_setup(cfg)
+
+
+def test_home_relative_paths_are_read_from_disk(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _write(tmp_path, "csv")
+    cfg = DataConfig(name="~/data.csv", label_names=("ham", "spam"))
+    train, held = load_data(cfg, ModelConfig(max_length=8), seed=0, tokenizer=WordTokenizer())
+    assert len(train) + len(held) == 40
+
+
+def test_only_a_hub_prefix_reaches_the_hub(monkeypatch, no_network):
+    import datasets
+
+    asked = []
+
+    def fake_load_dataset(path, *args, **kwargs):
+        asked.append((path, args, kwargs))
+        rows = {"text": [r["text"] for r in ROWS], "label": [r["label"] for r in ROWS]}
+        return datasets.DatasetDict(
+            train=datasets.Dataset.from_dict(rows), test=datasets.Dataset.from_dict(rows)
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cfg = DataConfig(name="hub:org/spam-set", label_names=("ham", "spam"), eval_split="test")
+    train, held = load_data(cfg, ModelConfig(max_length=8), seed=0, tokenizer=WordTokenizer())
+    assert asked == [("org/spam-set", (), {})]  # the id, without the prefix
+    assert len(train) == len(held) == 40

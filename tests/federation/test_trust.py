@@ -215,11 +215,9 @@ def test_diagnostics_switch_removes_histogram_and_loss(tmp_path):
 def test_warnings_for_settings_that_silently_hurt(tmp_path):
     from dpfedlora.federation.advice import shard_warnings
 
-    cfg = tiny_cfg("privacy.delta=0.03")
+    cfg = tiny_cfg("privacy.delta=1e-5")
     found = shard_warnings(cfg, [240, 50, 240], [32 / 240, 32 / 50, 32 / 240], left_out=0)
-    text = " ".join(found)
-    assert "privacy.delta = 0.03 is not below 1/n = 0.02 for client 1 (n = 50)" in text
-    assert "Set train.sampling_rate" in text  # q from 0.133 to 0.64: σ driven by client 1
+    assert "Set train.sampling_rate" in " ".join(found)  # q 0.133 to 0.64: σ from client 1
     low = shard_warnings(tiny_cfg("train.sampling_rate=0.01"), [240, 240], [0.01, 0.01])
     assert any("fewer than 4 records per batch (client 0: q·n = 2.40)" in w for w in low)
     dropped = shard_warnings(cfg, [10], [0.5], left_out=37)

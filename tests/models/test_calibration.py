@@ -20,7 +20,7 @@ TEMPLATE = "is this spam or ham ?\nsms : {text}"
 
 def _configs(calibration: str = "content_free"):
     data = DataConfig(
-        name="x", label_names=("ham", "spam"), prompt_template=TEMPLATE,
+        label_names=("ham", "spam"), prompt_template=TEMPLATE,
         label_calibration=calibration,
     )  # fmt: skip
     return data, ModelConfig(name="x", task="causal_lm", max_length=40)
@@ -84,4 +84,4 @@ def test_calibration_moves_the_decision_by_the_prior():
 
 def test_bad_calibration_is_a_config_error():
     with pytest.raises(ConfigError, match="data.label_calibration"):
-        DataConfig(name="x", label_calibration="contextual")
+        DataConfig(label_calibration="contextual")

@@ -48,7 +48,7 @@ def _rows(n_words: int):
 
 def _encode(tok, rows, **model_kw):
     data = DataConfig(
-        name="x", label_names=("ham", "spam"),
+        label_names=("ham", "spam"),
         prompt_template="is this spam or ham ?\nsms : {text}",
     )  # fmt: skip
     model = ModelConfig(name="x", task="causal_lm", **model_kw)
@@ -92,11 +92,11 @@ def test_too_short_a_length_is_a_config_error():
 
 def test_label_words_must_start_with_distinct_tokens():
     tok = _tokenizer(chat=True)
-    data = DataConfig(name="x", label_names=("ham", "ham"))
+    data = DataConfig(label_names=("ham", "ham"))
     model = ModelConfig(name="x", task="causal_lm")
     with pytest.raises(ConfigError, match="same token"):
         Encoder(tok, data, model).label_token_ids(data.label_names)
-    ids = Encoder(tok, DataConfig(name="x"), model).label_token_ids(("ham", "spam"))
+    ids = Encoder(tok, DataConfig(), model).label_token_ids(("ham", "spam"))
     assert ids == [tok.convert_tokens_to_ids("ham"), tok.convert_tokens_to_ids("spam")]
 
 
