@@ -27,12 +27,21 @@ import sys
 import threading
 import time
 import traceback
-from multiprocessing.connection import Listener
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .protocol import PROTOCOL, authkey, pid_alive, pid_file, recv, send, socket_path
+from .protocol import (
+    PROTOCOL,
+    AnotherWorkerError,
+    AuthenticationError,
+    UnsafePathError,
+    listen,
+    pid_alive,
+    pid_file,
+    recv,
+    send,
+)
 
 __all__ = ["Worker", "main"]
 
@@ -141,15 +150,14 @@ def _expected(header: dict[str, Any], node_pid: int) -> bool:
 
 
 def serve(state_dir: str, watch_pid: int, idle_timeout: float) -> None:
-    sock = socket_path(state_dir)
-    sock.unlink(missing_ok=True)  # a stale socket of a dead worker
-    listener = Listener(str(sock), family="AF_UNIX", authkey=authkey(state_dir))
-    os.chmod(sock, 0o600)
+    # checks the state directory and the key, takes the node's lock (one worker per state
+    # directory), and replaces a dead worker's socket (never anything else) with a 0600 one
+    listener = listen(state_dir)
     pid_file(state_dir).write_text(f"{os.getpid()}\n")
     worker, last, busy = Worker(state_dir), [time.monotonic()], threading.Lock()
 
     def stop() -> None:
-        sock.unlink(missing_ok=True)
+        listener.close()  # removes our socket while the lock still makes it ours
         pid_file(state_dir).unlink(missing_ok=True)
         os._exit(0)
 
@@ -169,7 +177,11 @@ def serve(state_dir: str, watch_pid: int, idle_timeout: float) -> None:
     while True:
         try:
             conn = listener.accept()
-        except Exception:  # noqa: BLE001 - a client that fails the key check, or hangs up
+        except AuthenticationError as exc:  # a peer without the node's key, or one that hung
+            print(f"refused a connection: {exc}", flush=True)
+            continue
+        except OSError:  # accept() itself failed (out of file descriptors?): try again
+            time.sleep(0.1)
             continue
         with busy, conn:
             last[0] = time.monotonic()
@@ -197,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watch-pid", type=int, required=True, help="the SuperNode's PID")
     parser.add_argument("--idle-timeout", type=float, default=900.0, help="seconds")
     args = parser.parse_args(argv)
-    serve(args.state_dir, args.watch_pid, args.idle_timeout)
+    try:
+        serve(args.state_dir, args.watch_pid, args.idle_timeout)
+    except (AnotherWorkerError, UnsafePathError) as exc:  # one line in worker.log
+        print(f"worker not started: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
