@@ -11,9 +11,9 @@ from multiprocessing import Pipe
 import pytest
 
 from accounting import Ledger
+from dpfedlora.client.contract import ContractError, contract_from_node_config
 from dpfedlora.config import to_dict
 from dpfedlora.deploy.protocol import authkey, recv, send, socket_path
-from dpfedlora.client.contract import ContractError, contract_from_node_config
 from dpfedlora.deploy.worker import Worker, partition_ids
 from dpfedlora.wire import Broadcast, Reply
 from tests.helpers import tiny_cfg, tiny_setup
