@@ -8,7 +8,9 @@ and noises them, and how one logical DP step runs on a Poisson batch:
   batch may run in length-sorted physical chunks (``train.physical_batch_tokens``) whose clipped
   gradients accumulate before the one noised step (as Opacus's ``BatchMemoryManager``).
 * ``ghost`` (Opacus's fast gradient clipping): per-sample norms without per-sample gradients, two
-  backward passes through Opacus's loss wrapper; less memory for wide layers.
+  backward passes through Opacus's loss wrapper; less memory for wide layers. A sample with a
+  non-finite per-sample norm is left out by recomputing the step without it (:func:`_ghost_step`,
+  with its timing caveat).
 
 Non-private training uses the ``hooks`` step on the unwrapped model (a plain mean gradient).
 """
@@ -91,7 +93,8 @@ def _hooks_step(trainer, optimizer, batch: TensorData) -> float:
     chunks = batch.physical_batches(trainer.physical_batch_tokens)
     for i, chunk in enumerate(chunks):
         per_example = trainer.loss_fn(trainer.wrapped, chunk)
-        total += float(per_example.detach().sum())
+        detached = per_example.detach()
+        total += _finite_sum(detached) if trainer.private else float(detached.sum())
         # Private: Opacus rescales a chunk's mean loss by the chunk size, so every example's
         # gradient is exact. Non-private: the chunks' gradients add up to the batch mean.
         loss = per_example.mean() if trainer.private else per_example.sum() / len(batch)
@@ -126,19 +129,55 @@ class _PerExample:
         return losses if self.reduction == "none" else losses.mean()
 
 
-def _ghost_step(trainer, optimizer, batch: TensorData) -> float:
+def _ghost_backward(trainer, optimizer, batch: TensorData):
     from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
     # Ghost clipping needs per-example losses through Opacus's loss wrapper (it runs two
     # backward passes); the wrapper switches our criterion to reduction="none".
-    batch = batch.trimmed()
     dp_loss = DPLossFastGradientClipping(
         trainer.wrapped, optimizer, _PerExample(trainer.loss_fn), "mean"
     )
     loss = dp_loss(trainer.wrapped, batch)
     loss.backward()
+    return loss
+
+
+def _ghost_step(trainer, optimizer, batch: TensorData) -> float:
+    """One ghost-clipping step; samples whose per-sample gradient norm is not finite are left
+    out of the clipped sum.
+
+    Opacus's second backward weights sample i's loss by c_i = C / (‖g_i‖ + 1e-6), so a NaN
+    norm makes c_i NaN, and even c_i = 0 cannot help when the sample's activations or
+    backprops are non-finite (its zero-weighted terms are 0·∞ = NaN in the batched weight
+    gradient). The only exact remedy without per-sample gradients is to recompute: when a norm
+    is not finite, the step is redone on the other samples, which equals their clipped sum,
+    i.e. the bad samples contribute zero (:mod:`.dp_optimizer`'s docstring). Limitation: that
+    recomputation is a second forward and backward, so the step takes longer when such a sample
+    was drawn. The failure oracle becomes a timing signal, which a party that can time a
+    client's steps (or its whole round) may still read; hooks mode, whose repair is the same
+    work whatever the data, does not give it. Prefer hooks where timing is observable."""
+    batch = batch.trimmed()
+    loss = _ghost_backward(trainer, optimizer, batch)
+    bad = ~torch.isfinite(trainer.wrapped.per_sample_gradient_norms.detach())
+    per_example = loss.loss_per_sample.detach()
+    if bool(bad.any()):
+        optimizer.record_nonfinite_rows(bad)
+        optimizer.zero_grad(set_to_none=True)
+        keep = torch.nonzero(~bad).flatten().cpu()
+        if keep.numel() > 0:
+            _ghost_backward(trainer, optimizer, batch.subset(keep).trimmed())
+        else:
+            _empty_ghost(optimizer.params)
     optimizer.step()
-    return float(loss.detach())
+    if bool(torch.isfinite(per_example).all()):
+        return float(loss.detach())
+    return _finite_sum(per_example) / len(batch)
+
+
+def _finite_sum(per_example: torch.Tensor) -> float:
+    """The sum of the finite per-example losses: the reported training loss must not turn
+    NaN because one record's loss is (that would tell the server the record was sampled)."""
+    return float(torch.where(torch.isfinite(per_example), per_example, 0.0).sum())
 
 
 def _empty_hooks(params: list[nn.Parameter]) -> None:

@@ -126,3 +126,112 @@ def test_fedsb_private_init_noise_comes_from_the_source(tmp_path):
     # the noise is N(0, (σC)²): the difference of two secure draws has std √2·8
     diff = torch.cat([(a[k] - b[k]).flatten() for k in a])
     assert abs(float(diff.std()) / (8 * math.sqrt(2)) - 1) < 5 * math.sqrt(1 / (2 * diff.numel()))
+
+
+# ------------------------------------------------------------------ the release at float64
+
+
+def _spy_noise64(monkeypatch, source: SecureNoise) -> list[np.ndarray]:
+    """Record every float64 noise vector ``source`` draws (its stream is left untouched)."""
+    drawn: list[np.ndarray] = []
+    real = source._noise64
+
+    def spy(n, *, std):
+        z = real(n, std=std)
+        drawn.append(z.copy())
+        return z
+
+    monkeypatch.setattr(source, "_noise64", spy)
+    return drawn
+
+
+def test_secure_release_is_the_float64_sum_rounded_once(monkeypatch):
+    """A large clipped sum (1e8 in float32: a step of 8) plus noise of std 1: the release is
+    float32(float64(s) + z64) for every coordinate, from the very draws the source made."""
+    source = SecureNoise()
+    drawn = _spy_noise64(monkeypatch, source)
+    s = torch.full((50_000,), 1e8, dtype=torch.float32)
+    s[::2] = torch.linspace(-3e7, 3e7, 25_000)
+    out = source.add_noise(s, std=1.0)
+    assert out.dtype == torch.float32 and len(drawn) == 1
+    z64 = torch.from_numpy(drawn[0])
+    assert torch.equal(out, (s.double() + z64).float())
+    # the division by the batch size also happens before the one rounding
+    drawn.clear()
+    out = source.add_noise(s, std=1.0, divide_by=3.0)
+    assert torch.equal(out, ((s.double() + torch.from_numpy(drawn[0])) / 3.0).float())
+
+
+def test_secure_release_keeps_low_bits_float32_noise_loses(monkeypatch):
+    """Noise whose float32 rounding decides the release: the float64 add differs from the old
+    float32 add. With s = 1e8 the float32 step is 8; z = ±4.0000001 rounds to ±4.0f, so
+    float32(s) + float32(z) is an exact tie, rounded to even (1e8 = 12 500 000 · 8, even), i.e.
+    1e8, while s + z lies beyond the midpoint and rounds to 1e8 ± 8."""
+    source = SecureNoise()
+    targets = np.array([4.0000001, -4.0000001, 0.5, 0.25])
+    # the first of the four standard-normal draws carries 2z (the sum is halved), the rest 0
+    draws = iter([2 * targets, *[np.zeros(4)] * 3])
+    monkeypatch.setattr(source, "_standard_normal", lambda n: next(draws))
+    s = torch.tensor([1e8, 1e8, 1e8, 3.0], dtype=torch.float32)
+    out = source.add_noise(s, std=1.0)
+    z64 = torch.from_numpy(targets)
+    assert torch.equal(out, (s.double() + z64).float())
+    old = s + z64.float()  # the noise cast to float32 first, then a float32 add
+    assert out.tolist() == [1e8 + 8, 1e8 - 8, 1e8, 3.25]
+    assert old.tolist() == [1e8, 1e8, 1e8, 3.25]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_dp_optimizers_release_secure_noise_at_float64(monkeypatch, fused):
+    """Both optimizer paths hand the clipped sum to the source, not a float32 noise tensor."""
+    from dpfedlora.client.dp_optimizer import FusedDPOptimizer, SourcedDPOptimizer
+
+    source = SecureNoise()
+    drawn = _spy_noise64(monkeypatch, source)
+    p = torch.nn.Parameter(torch.zeros(1_000))
+    opt = (FusedDPOptimizer if fused else SourcedDPOptimizer)(
+        torch.optim.SGD([p], lr=1.0),
+        noise_multiplier=1e-12,  # std σC = 1 against a sum of 1e8: the low bits matter
+        max_grad_norm=1e12,  # no clipping: the one row is the clipped sum exactly
+        expected_batch_size=4,
+        loss_reduction="mean",
+        noise_source=source,
+    )
+    row = torch.full((1, 1_000), 1e8, dtype=torch.float32)
+    p.grad_sample, p.grad = row.clone(), torch.zeros_like(p)
+    opt.step()
+    z64 = torch.from_numpy(drawn[0])
+    released = (row[0].double() + z64).float()
+    if fused:  # (s + z) / B in float64, rounded once
+        expected = ((row[0].double() + z64) / 4).float()
+    else:  # s + z rounded once, then Opacus's division in float32
+        expected = released / 4
+    assert torch.equal(p.grad, expected)
+    assert torch.equal(p.detach(), -expected)
+
+
+def test_seeded_add_noise_keeps_opacus_arithmetic():
+    """Seeded runs keep their numbers: add_noise is ``s + normal(...)`` in the sum's dtype."""
+    s = torch.randn(3, 5, generator=torch.Generator().manual_seed(1)) * 1e4
+    a = SeededNoise(4, "n").add_noise(s, std=0.3)
+    b = s + SeededNoise(4, "n").normal(s.shape, std=0.3, like=s)
+    assert torch.equal(a, b)
+    c = SeededNoise(4, "n").add_noise(s, std=0.3, divide_by=7.0)
+    assert torch.equal(c, b / 7.0)
+    assert torch.equal(SeededNoise(4, "n").add_noise(s, std=0.0), s)
+
+
+def test_secure_add_noise_statistics():
+    """add_noise on a zero sum: mean within 5 standard errors of 0, variance within 5 standard
+    errors of std² (χ² approximation), and the dtype and shape of the sum."""
+    n, std = 200_000, 0.7
+    s = torch.zeros(400, 500, dtype=torch.float32)
+    z = SecureNoise().add_noise(s, std=std)
+    assert z.dtype == torch.float32 and z.shape == s.shape
+    z = z.double().flatten().numpy()
+    assert abs(z.mean()) < 5 * std / math.sqrt(n)
+    assert abs(z.var() / std**2 - 1) < 5 * math.sqrt(2 / n)
+    assert stats.kstest(z / std, "norm").pvalue > KS_ALPHA
+    # no noise: the sum itself, in a new tensor
+    same = SecureNoise().add_noise(s, std=0.0)
+    assert torch.equal(same, s) and same.data_ptr() != s.data_ptr()
