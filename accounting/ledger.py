@@ -50,7 +50,8 @@ __all__ = [
 
 # What a release was for. "train": local DP-SGD steps; "init": a private, data-dependent
 # initialisation (Fed-SB gradient SVD); "audit": canary training in a privacy audit.
-SCOPES: tuple[str, ...] = ("train", "init", "audit")
+# "describe": a data owner's opt-in noised description of its shard (a label histogram).
+SCOPES: tuple[str, ...] = ("train", "init", "audit", "describe")
 _FIELDS = ("client", "round", "scope", "event")
 _MARKER = "repaired_truncated_line"
 

@@ -270,8 +270,5 @@ class Node:
         counts = np.bincount(client.data.class_labels, minlength=width).astype(np.float64)
         source = make_noise_source(contract.noise == "secure" or cfg.privacy.secure_mode,
                                    cfg.seed, "describe", client.spec.cid)  # fmt: skip
-        like = torch.zeros((), dtype=torch.float64)
-        noised = torch.from_numpy(counts) + source.normal(
-            counts.shape, std=contract.label_noise, like=like
-        )
+        noised = source.add_noise(torch.from_numpy(counts), std=contract.label_noise)
         return [int(max(0, round(float(x)))) for x in noised]

@@ -82,7 +82,7 @@ def gradient_sum(
             raise ValueError("a noised gradient sum needs `clip_norm` and `noise_source`.")
         std = noise_multiplier * clip_norm
         for n in names:
-            total[n] = total[n] + noise_source.normal(total[n].shape, std=std, like=total[n])
+            total[n] = noise_source.add_noise(total[n], std=std)
     return total
 
 

@@ -283,3 +283,23 @@ def test_deploy_local_never_reuses_an_earlier_deployment(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "deployment" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "out" / "deployment" / "nodes").is_dir()
+
+
+def test_an_owner_may_release_a_noised_label_histogram_spent_first(tmp_path):
+    """``label-noise = σ``: counts + N(0, σ²) per bin (sensitivity 1), recorded as a Gaussian
+    event in the owner's ledger before the labels are read."""
+    import numpy as np
+
+    from accounting import Gaussian
+
+    cfg = tiny_cfg()
+    node = {"partition-id": 1, "state-dir": str(tmp_path), "noise": "config", "label-noise": 20.0}
+    answer, _ = Worker(tmp_path).handle(*_request(cfg, node, "describe"))
+    (shard,) = answer["info"]["shards"]
+    true = np.bincount(tiny_setup().clients[1].data.class_labels, minlength=2)
+    got = np.array(shard["label_counts"])
+    assert got.shape == true.shape and (got >= 0).all()
+    assert (np.abs(got - true) <= 5 * 20).all() and (got != true).any()  # noised, within 5σ
+    (rec,) = _records(tmp_path / "ledger.jsonl")
+    assert rec["client"] == "1" and rec["scope"] == "describe"
+    assert Ledger(tmp_path / "ledger.jsonl").records[0].event == Gaussian(noise_multiplier=20.0)

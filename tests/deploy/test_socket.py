@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dpfedlora.deploy import protocol
+from dpfedlora.deploy import node_files
 from dpfedlora.deploy.protocol import (
     MAGIC,
     AnotherWorkerError,
@@ -40,7 +40,7 @@ def _short_tmp(monkeypatch):
     """Sockets and lock files in a private temporary directory (short: socket paths are limited
     to ~107 bytes), so the tests leave nothing in the user's real one."""
     base = tempfile.mkdtemp(prefix="dps-", dir="/tmp")
-    monkeypatch.setattr(protocol, "tempfile", SimpleNamespace(gettempdir=lambda: base))
+    monkeypatch.setattr(node_files, "tempfile", SimpleNamespace(gettempdir=lambda: base))
     yield
     shutil.rmtree(base, ignore_errors=True)
 
@@ -212,7 +212,7 @@ def test_a_key_of_another_user_is_refused(tmp_path, monkeypatch):
             return st
         return os.stat_result(tuple(st)[:4] + (other,) + tuple(st)[5:])
 
-    monkeypatch.setattr(protocol.os, "fstat", fstat)
+    monkeypatch.setattr(node_files.os, "fstat", fstat)
     with pytest.raises(UnsafePathError, match=rf"worker\.key is owned by uid {other}"):
         authkey(state)
 
@@ -221,7 +221,7 @@ def test_a_state_dir_of_another_user_is_refused(tmp_path, monkeypatch):
     state = tmp_path / "node"
     authkey(state)
     other = os.getuid() + 1
-    monkeypatch.setattr(protocol.os, "getuid", lambda: other)
+    monkeypatch.setattr(node_files.os, "getuid", lambda: other)
     with pytest.raises(UnsafePathError, match=r"directory .*node is owned by uid"):
         authkey(state)
 
