@@ -49,6 +49,7 @@ REASONS: dict[str, str] = {
     "broadcast:shape": "a broadcast tensor has the wrong shape",
     "broadcast:dtype": "a broadcast tensor has the wrong dtype",
     "broadcast:non_finite": "a broadcast tensor holds NaN or infinity",
+    "broadcast:frozen_tensor": "the broadcast changes a frozen weight the method only restores",
     "unknown_client": "this node does not hold the client the broadcast names",
     "failed:internal": "the node failed; the details are in the node's own log",
 }

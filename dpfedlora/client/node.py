@@ -71,22 +71,15 @@ def failed(round_idx: int, cid: str, event=None):
     return Reply(round_idx, cid, "failed", event=event, error="failed:internal")
 
 
-def check_broadcast(broadcast, allowed: dict[str, tuple[tuple[int, ...], Any]]) -> Refusal | None:
-    """Only tensors the method manages, each with the shared model's shape and dtype, finite."""
-    import torch
-
-    for name, tensor in broadcast.tensors.items():
-        if name not in allowed:
-            return Refusal("broadcast:unknown_tensor", {"name": name})
-        shape, dtype = allowed[name]
-        if tuple(tensor.shape) != shape:
-            return Refusal("broadcast:shape", {"name": name, "shape": list(tensor.shape),
-                                               "expected": list(shape)})  # fmt: skip
-        if tensor.dtype not in (dtype, torch.float32):
-            return Refusal("broadcast:dtype", {"name": name, "dtype": str(tensor.dtype)})
-        if not bool(torch.isfinite(tensor).all()):
-            return Refusal("broadcast:non_finite", {"name": name})
-    return None
+def check_broadcast(broadcast, trainer) -> Refusal | None:
+    """Only tensors the method manages, each with the shared model's shape and dtype, finite;
+    a frozen tensor only at its original value (:meth:`Trainer.refuse_load`)."""
+    problem = trainer.refuse_load(broadcast.tensors)
+    if problem is None:
+        return None
+    reason, name = problem
+    t = broadcast.tensors[name]
+    return Refusal(reason, {"name": name, "shape": list(t.shape), "dtype": str(t.dtype)})
 
 
 class Node:
@@ -112,7 +105,7 @@ class Node:
         self._build = build
         self._key: str | None = None
         self._clients: dict[str, Any] = {}
-        self._allowed: dict[str, tuple[tuple[int, ...], Any]] = {}
+        self._trainer = None
         self.print = log or (lambda line: print(line, file=sys.stderr, flush=True))
 
     # ------------------------------------------------------------ the owner's log
@@ -159,7 +152,7 @@ class Node:
             client.release = contract.release
             if cfg.privacy.private:
                 client.budget = Budget(ledger, contract.epsilon_budget, contract.delta)
-        self._allowed = next(iter(clients.values())).trainer.loadable
+        self._trainer = next(iter(clients.values())).trainer
         self._key, self._clients = key, clients
         return clients
 
@@ -213,7 +206,7 @@ class Node:
             if cid not in clients:
                 refusal = Refusal("unknown_client", {"held": sorted(clients)})
             else:
-                refusal = check_broadcast(broadcast, self._allowed)
+                refusal = check_broadcast(broadcast, self._trainer)
         if refusal is not None:
             entry.update(status="refused", reason=refusal.reason, values=refusal.values)
             return refused(rnd, cid, refusal)

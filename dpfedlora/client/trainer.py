@@ -14,6 +14,7 @@ noise source, divide by the expected batch size, take an optimizer step (:meth:`
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -34,7 +35,13 @@ from ..tasks import TASKS, label_word_loss
 from .grad_sample import GRAD_SAMPLE_MODES
 from .preflight import PreflightError, check_model, check_moved
 
-__all__ = ["Trainer", "LocalResult", "Shard", "plan_for"]
+__all__ = ["Trainer", "LocalResult", "Shard", "plan_for", "tensor_digest"]
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes."""
+    data = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    return hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode() + data).hexdigest()
 
 
 def plan_for(
@@ -115,6 +122,8 @@ class Trainer:
         # could otherwise choose weights that make a client's computation answer its question)
         names = (set(method.managed_names()) | set(union)) & set(self.params)
         self.loadable = {n: (tuple(self.params[n].shape), self.params[n].dtype) for n in names}
+        # frozen tensors a view may restore, only to their values now (a digest, not a copy)
+        self.restorable = {n: tensor_digest(self.params[n]) for n in method.restored_names()}
         if not union:
             raise PreflightError(f"method {method.name!r} has no trainable tensors.")
         # batches move here per step; client states stay on the host (models.precision)
@@ -157,6 +166,29 @@ class Trainer:
                 if name in self.params:
                     self.params[name].copy_(value)
 
+    def refuse_load(self, tensors: Tensors) -> tuple[str, str] | None:
+        """(reason code, name) of the first tensor a broadcast may not set, or None: only the
+        method's tensors, at the shared model's shape, float32 or the model's dtype, finite; a
+        frozen tensor the method restores only at its original value."""
+        for name, t in tensors.items():
+            if name in self.restorable:
+                ok = tuple(t.shape) == tuple(self.params[name].shape) and (
+                    tensor_digest(t.to(self.params[name].dtype)) == self.restorable[name]
+                )
+                if not ok:
+                    return "broadcast:frozen_tensor", name
+                continue
+            if name not in self.loadable:
+                return "broadcast:unknown_tensor", name
+            shape, dtype = self.loadable[name]
+            if tuple(t.shape) != shape:
+                return "broadcast:shape", name
+            if t.dtype not in (dtype, torch.float32):
+                return "broadcast:dtype", name
+            if not bool(torch.isfinite(t).all()):
+                return "broadcast:non_finite", name
+        return None
+
     def snapshot(self, names: list[str]) -> Tensors:
         """Host copies of the named tensors (pinned where CUDA is present)."""
         return {n: to_host(self.params[n]) for n in names}
@@ -173,9 +205,11 @@ class Trainer:
     ) -> LocalResult:
         """``shard.steps`` DP-SGD steps from ``received`` on the method's trainable tensors."""
         cfg, method = self.cfg, self.method
-        extra = sorted(set(received) - set(self.loadable))
-        if extra:
-            raise ValueError(f"the broadcast sets {extra[0]!r}, which the method does not manage.")
+        problem = self.refuse_load(received)
+        if problem is not None:
+            raise ValueError(
+                f"the broadcast sets {problem[1]!r}, which the method does not manage."
+            )
         self.load(received)
         self.set_scaling(method.scaling(shard.spec))
         names = method.trainable_names(round_idx)

@@ -172,6 +172,12 @@ class Method:
     def eval_view(self, state: Tensors) -> Tensors:
         return clone(state)
 
+    def restored_names(self) -> list[str]:
+        """Frozen tensors a client view may carry, only at their values when the model was
+        built (FlexLoRA restores the base weights its evaluation view changed in a shared
+        model). A broadcast that sets any of them to another value is refused."""
+        return []
+
     def after_step(self, params: dict[str, nn.Parameter], client: ClientSpec) -> None:
         """Hook after each optimizer step (FlexLoRA keeps padded rank directions at zero)."""
 

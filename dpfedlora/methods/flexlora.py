@@ -91,6 +91,9 @@ class FlexLoRA(LoRAMethod):
             view[layer.base] = self.base0[layer.base].clone()
         return view
 
+    def restored_names(self) -> list[str]:
+        return [layer.base for layer in self.layers]
+
     def after_step(self, params: dict[str, nn.Parameter], client: ClientSpec) -> None:
         r = client.rank
         with torch.no_grad():

@@ -239,3 +239,23 @@ def test_the_owner_contract_is_validated_and_checks_delta_against_its_shards():
     raw = copy.deepcopy(to_dict(tiny_cfg()))
     raw["privacy"]["clip_norm"] = "1.0"
     assert CONTRACT.check_request(raw).reason == "contract:clip_norm"
+
+
+def test_flexlora_may_restore_its_base_weights_but_never_change_them(tmp_path):
+    """FlexLoRA's view carries the original base weights (its evaluation view changed them in a
+    shared model); a node accepts exactly those values and refuses any other."""
+    from dpfedlora.client.node import Node
+
+    setup = tiny_setup("method.name=flexlora")
+    client = setup.clients[0]
+    node = Node(tmp_path, contract_for=lambda _r: CONTRACT, build=lambda c, k: {"0": client})
+    cfg_data = to_dict(tiny_cfg("method.name=flexlora"))
+    view = setup.method.client_view(setup.method.init_state(), client.spec, 1)
+    base = setup.method.restored_names()[0]
+    assert base in view
+    bad = {**view, base: view[base] + 1e-3}
+    reply = node.train(cfg_data, Broadcast(1, "0", bad, 5.0).to_bytes())
+    assert (reply.status, reply.error) == ("skipped", "broadcast:frozen_tensor")
+    assert not (tmp_path / "ledger.jsonl").exists()
+    reply = node.train(cfg_data, Broadcast(1, "0", view, 5.0).to_bytes())
+    assert reply.status == "ok", reply.error
