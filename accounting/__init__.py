@@ -1,8 +1,10 @@
 """Torch-free privacy accounting for dpfedlora.
 
 Events describe releases, accountants (fastpld, prv, pld, rdp) turn them into (ε, δ) upper bounds,
-calibration finds the noise for a target ε, and the ledger records every release before it
-happens. This package never imports torch or opacus (a test checks it).
+:mod:`accounting.risk` turns the same privacy profile into bounds on membership-inference attacks
+(TPR at a given FPR), calibration finds the noise for a target ε or a target attack risk, and the
+ledger records every release before it happens. This package never imports torch or opacus (a
+test checks it).
 
 >>> from accounting import dpsgd_event, make_accountant
 >>> event = dpsgd_event(noise_multiplier=1.0, sampling_rate=0.01, steps=1000)
@@ -34,6 +36,14 @@ from .events import (
     event_to_json,
 )
 from .ledger import SCOPES, BudgetExceededError, Ledger, LedgerError, LedgerWarning, Record
+from .risk import (
+    DEFAULT_FPRS,
+    Risk,
+    attack_risk,
+    equivalent_epsilon,
+    noise_multiplier_for_risk,
+    tpr_at_fpr,
+)
 
 __all__ = [
     "Accountant",
@@ -64,4 +74,10 @@ __all__ = [
     "LedgerError",
     "LedgerWarning",
     "Record",
+    "DEFAULT_FPRS",
+    "Risk",
+    "attack_risk",
+    "equivalent_epsilon",
+    "noise_multiplier_for_risk",
+    "tpr_at_fpr",
 ]

@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from .accountant import check_target_delta
 from .backends import DEFAULT_BACKEND, make_accountant
 from .events import Event, EventFormatError, event_from_json, event_to_json, flatten
 from .history import History, best_bound, extend, rdp_epsilon
+from .risk import DEFAULT_FPRS, Risk, history_risk
 
 __all__ = [
     "fsync_directory",
@@ -277,6 +278,22 @@ class Ledger:
                 break
             best = max(best, self._bound(h, delta))
         return best
+
+    def risk(self, client: str, *, fprs: Sequence[float] = DEFAULT_FPRS) -> Risk:
+        """Upper bounds on membership-inference risk against ``client``'s records so far (TPR at
+        each FPR, advantage; :mod:`accounting.risk`), from the ledger's backend, memoised by
+        history."""
+        return history_risk(self.history(client), backend=self.accountant, fprs=fprs)
+
+    def max_risk(self, *, fprs: Sequence[float] = DEFAULT_FPRS) -> Risk:
+        """Per FPR, the largest TPR bound over clients; the largest advantage (each distinct
+        history computed once). An empty ledger gives TPR = FPR and advantage 0."""
+        risks = [history_risk(h, backend=self.accountant, fprs=fprs)
+                 for h in set(self._history.values())] or [history_risk((), fprs=fprs)]  # fmt: skip
+        return Risk(
+            {a: max(r.tpr_at_fpr[a] for r in risks) for a in risks[0].tpr_at_fpr},
+            max(r.advantage for r in risks),
+        )
 
     def check(self, client: str, planned: Event, *, budget: float, delta: float) -> float:
         """An upper bound on the client's ε after ``planned``; raises if it exceeds ``budget``.
