@@ -1,7 +1,8 @@
 """Accounting verbs: ``epsilon``, ``calibrate``, ``ledger``.
 
-These never import torch (they start in about a second) and load only the accountant backend
-they use.
+Each reports ε at δ and, next to it, upper bounds on membership-inference risk (TPR at each
+``--fpr``, advantage; :mod:`dpfedlora.cli.risk`). These never import torch (they start in about
+a second) and load only the accountant backend they use.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from accounting import (
     MAX_DELTA,
     Ledger,
     LedgerError,
+    attack_risk,
     available_backends,
     calibrate_dpsgd,
     dpsgd_event,
@@ -30,6 +32,7 @@ from accounting.accountant import large_delta_problem
 from accounting.calibrate import CalibrationError
 
 from . import CLIError
+from .risk import add_fprs, calibrate_to_risk, open_rate, risk_cells, risk_header, risk_line
 
 
 # ------------------------------------------------------------------ argument types
@@ -184,12 +187,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     _add_dpsgd(p)
     _add_common(p)
+    add_fprs(p)
     p.set_defaults(handler=cmd_epsilon)
 
-    p = sub.add_parser("calibrate", help="noise multiplier σ that meets a target ε")
-    p.add_argument("--target-epsilon", type=positive, required=True, help="ε budget (> 0)")
+    p = sub.add_parser(
+        "calibrate", help="noise multiplier σ that meets a target ε or a target attack risk"
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-epsilon", type=positive, help="ε budget (> 0)")
+    target.add_argument(
+        "--target-tpr",
+        type=open_rate,
+        help="largest TPR any membership-inference attack may reach at --at-fpr, in (0, 1)",
+    )
+    p.add_argument("--at-fpr", type=open_rate, help="the FPR at which --target-tpr holds")
     _add_dpsgd(p)
     _add_common(p)
+    add_fprs(p)
     p.set_defaults(handler=cmd_calibrate)
 
     p = sub.add_parser("ledger", help="ε per client replayed from a privacy ledger")
@@ -203,6 +217,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="δ at which to report ε (default: the run's privacy.delta, else 1e-5)",
     )
     _add_common(p, with_delta=False)
+    add_fprs(p)
     p.set_defaults(handler=cmd_ledger)
 
 
@@ -226,24 +241,30 @@ def cmd_epsilon(args: argparse.Namespace) -> int:
     event = dpsgd_event(noise_multiplier=args.noise_multiplier, sampling_rate=q, steps=n_steps)
     acc = make_accountant(args.accountant).compose(event)
     eps = _with_warnings("epsilon", lambda: acc.epsilon(args.delta))
+    risk = attack_risk(acc, fprs=args.fprs)
     _emit(
         args,
         {
             "epsilon": eps,
             "delta": args.delta,
             "accountant": acc.answered_by,
+            "risk": risk.to_json(),
             # the q and steps implied by data units (given directly, they are the inputs)
             **({"sampling_rate": q, "steps": n_steps} if how else {}),
         },
         (f"{how}\n" if how else "")
         + f"ε = {eps:.4f} at δ = {args.delta:g} ({acc.answered_by} upper bound; "
-        f"σ = {args.noise_multiplier:g}, q = {q:g}, {n_steps} steps)",
+        f"σ = {args.noise_multiplier:g}, q = {q:g}, {n_steps} steps)\n" + risk_line(risk),
     )
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     args.sample_rate, args.steps, how = resolve_dpsgd(args)
+    if args.target_tpr is not None or args.at_fpr is not None:
+        payload, text = _with_warnings("calibrate", lambda: calibrate_to_risk(args, how))
+        _emit(args, payload, text)
+        return 0
     try:
         cal = _with_warnings(
             "calibrate",
@@ -257,6 +278,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         )
     except CalibrationError as exc:
         raise CLIError(str(exc)) from None
+    event = dpsgd_event(
+        noise_multiplier=cal.noise_multiplier, sampling_rate=args.sample_rate, steps=args.steps
+    )
+    risk = attack_risk(make_accountant(args.accountant).compose(event), fprs=args.fprs)
     _emit(
         args,
         {
@@ -265,11 +290,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "target_epsilon": cal.target_epsilon,
             "delta": cal.delta,
             "accountant": cal.accountant,
+            "risk": risk.to_json(),
             **({"sampling_rate": args.sample_rate, "steps": args.steps} if how else {}),
         },
         (f"{how}\n" if how else "")
         + f"σ = {cal.noise_multiplier:.4f} gives ε = {cal.epsilon:.4f} <= {cal.target_epsilon:g} "
-        f"at δ = {cal.delta:g} ({cal.accountant}; q = {args.sample_rate:g}, {args.steps} steps)",
+        f"at δ = {cal.delta:g} ({cal.accountant}; q = {args.sample_rate:g}, {args.steps} steps)\n"
+        + risk_line(risk),
     )
     return 0
 
@@ -291,12 +318,13 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     # a run directory from before fastpld names its accountant in its config
     args.accountant = args.accountant or settings.get("accountant", DEFAULT_BACKEND)
 
-    def replay() -> tuple[Ledger, dict[str, float]]:
+    def replay() -> tuple[Ledger, dict[str, float], dict[str, Any]]:
         ledger = Ledger(path, accountant=args.accountant)
-        return ledger, ledger.epsilons(delta=args.delta)
+        eps = ledger.epsilons(delta=args.delta)
+        return ledger, eps, {c: ledger.risk(c, fprs=args.fprs) for c in eps}
 
     try:
-        ledger, eps = _with_warnings("ledger", replay)
+        ledger, eps, risks = _with_warnings("ledger", replay)
     except (LedgerError, UnicodeDecodeError) as exc:
         raise CLIError(f"{path}: not a valid ledger: {exc}") from None
     except ValueError as exc:
@@ -313,14 +341,18 @@ def cmd_ledger(args: argparse.Namespace) -> int:
                     "delta": args.delta,
                     "accountant": used,
                     "records": len(ledger),
+                    # per client: bounds on any membership-inference attack on its records
+                    "risk": {c: r.to_json() for c, r in risks.items()},
+                    "max_risk": ledger.max_risk(fprs=args.fprs).to_json(),
                 }
             )
         )
         return 0
     print(f"{len(ledger)} releases, {len(eps)} clients, δ = {args.delta:g} ({used} upper bound)")
-    print(f"{'client':>10}  {'releases':>8}  {'epsilon':>8}")
+    print(f"{'client':>10}  {'releases':>8}  {'epsilon':>8}" + risk_header(args.fprs))
     counts = Counter(r.client for r in ledger)
     for client, e in eps.items():
-        print(f"{client:>10}  {counts[client]:>8}  {e:>8.4f}")
+        print(f"{client:>10}  {counts[client]:>8}  {e:>8.4f}" + risk_cells(risks[client]))
     print(f"max ε = {max_eps:.4f}")
+    print("max " + risk_line(ledger.max_risk(fprs=args.fprs)))
     return 0

@@ -28,7 +28,7 @@ def test_epsilon_json_matches_reference():
     )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert set(data) == {"epsilon", "delta", "accountant"}
+    assert set(data) == {"epsilon", "delta", "accountant", "risk"}
     assert 1.80 <= data["epsilon"] <= 1.85
     assert data["accountant"] == "fastpld" and data["delta"] == 1e-5
 
