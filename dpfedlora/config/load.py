@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from .methods import method_config_class
-from .schema import ConfigError, Experiment, MethodConfig
+from .schema import ConfigError, Experiment, MethodConfig, PrivacyConfig
 
 __all__ = [
     "load_config",
@@ -93,6 +93,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"`{key}`: unsupported config type {tp!r}.")  # pragma: no cover
 
 
+# A key given makes another key's default meaningless: a risk target (privacy.target_tpr)
+# replaces the default ε target, so that default is dropped unless the ε target is given too
+# (anywhere: the file, its base, an override), and then the schema refuses the pair.
+_DEFAULT_DROPPED_BY: dict[type, dict[str, str]] = {PrivacyConfig: {"target_epsilon": "target_tpr"}}
+
+
 def from_dict(cls: type, data: Any, *, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
     if data is None:
@@ -115,6 +121,9 @@ def from_dict(cls: type, data: Any, *, prefix: str = "") -> Any:
         if f.name in data:
             key = f"{prefix}.{f.name}" if prefix else f.name
             kwargs[f.name] = _coerce(data[f.name], hints[f.name], key)
+    for dropped, by in _DEFAULT_DROPPED_BY.get(cls, {}).items():
+        if data.get(by) is not None and dropped not in data:
+            kwargs[dropped] = None
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -181,13 +190,26 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Privacy targets are alternatives: a layer (an override, a file over its base) that names one
+# drops the other from the layers below it; both in one layer is an error of the schema.
+_ALTERNATIVE_TARGETS = (("target_tpr", ("target_epsilon",)),
+                        ("target_epsilon", ("target_tpr", "target_fpr")))  # fmt: skip
+
+
 def _layer(data: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` merged onto ``data``; a new method name drops the old method's own keys."""
+    """``over`` merged onto ``data``; a new method name drops the old method's own keys, a new
+    privacy target (ε, or TPR at FPR) the other kind's keys."""
     method = over.get("method")
     if isinstance(method, dict) and "name" in method and isinstance(data.get("method"), dict):
         if method["name"] != data["method"].get("name"):
             shared = {f.name for f in fields(MethodConfig)}
             data = dict(data, method={k: v for k, v in data["method"].items() if k in shared})
+    privacy = over.get("privacy")
+    if isinstance(privacy, dict) and isinstance(data.get("privacy"), dict):
+        for key, others in _ALTERNATIVE_TARGETS:
+            if privacy.get(key) is not None:
+                kept = {k: v for k, v in data["privacy"].items() if k not in others}
+                data = dict(data, privacy=kept)
     return _merge(data, over)
 
 

@@ -280,6 +280,11 @@ class PrivacyConfig:
     mode: str = "sample"  # none | sample (record-level DP-SGD on each client)
     target_epsilon: float | None = 8.0  # calibrate σ to this (per client, whole run); or give σ
     noise_multiplier: float | None = None  # σ = noise std / clip norm; overrides calibration
+    # or calibrate σ to attack risk (accounting.risk): the largest TPR any membership-inference
+    # attack may reach at FPR target_fpr over the whole run. Both or neither; target_epsilon is
+    # then left unset, and the ε that σ gives at δ over the planned run is the budget enforced
+    target_tpr: float | None = None
+    target_fpr: float | None = None
     delta: float = 1e-5  # below 0.1 always; below 1/n for the smallest shard (else an error)
     # research on δ itself only: δ >= 1/n for the smallest shard becomes a loud warning instead
     # of an error (a mechanism that publishes one record outright meets such a δ)
@@ -342,10 +347,36 @@ class PrivacyConfig:
             if math.isinf(self.target_epsilon) and self.noise_multiplier is None:
                 # ε = ∞ is a non-private run, as in sweeps: no noise, no ledger
                 object.__setattr__(self, "mode", "none")
-        if self.mode == "sample" and self.noise_multiplier is None and self.target_epsilon is None:
+        self._check_risk_target()
+        if (self.mode == "sample" and self.noise_multiplier is None
+                and self.target_epsilon is None and self.target_tpr is None):  # fmt: skip
             raise ConfigError(
                 "`privacy.target_epsilon` must be set when `privacy.mode` is sample (or give "
-                "`privacy.noise_multiplier`). Found neither."
+                "`privacy.noise_multiplier`, or `privacy.target_tpr`). Found neither."
+            )
+
+    def _check_risk_target(self) -> None:
+        """Both or neither of target_tpr and target_fpr; 0 < fpr < tpr < 1; no ε target too."""
+        tpr, fpr = self.target_tpr, self.target_fpr
+        if tpr is None and fpr is None:
+            return
+        if tpr is None or fpr is None:
+            raise ConfigError(
+                "`privacy.target_tpr` and `privacy.target_fpr` go together (the TPR bound and "
+                f"the FPR it holds at). Found target_tpr={tpr!r}, target_fpr={fpr!r}."
+            )
+        for key, v in (("privacy.target_fpr", fpr), ("privacy.target_tpr", tpr)):
+            check_number(key, v, low=0.0, high=1.0, low_open=True, high_open=True, fix="E.g. 0.01.")
+        if not fpr < tpr:
+            raise ConfigError(
+                f"`privacy.target_tpr` must be above `privacy.target_fpr` ({fpr:g}): guessing at "
+                f"random already has TPR = FPR. Found {tpr!r}."
+            )
+        if self.target_epsilon is not None:
+            raise ConfigError(
+                "`privacy.target_epsilon` must be unset (null) with `privacy.target_tpr`: the "
+                f"risk target decides σ and the ε budget. Found {self.target_epsilon!r}. "
+                "Remove one of the two."
             )
 
     @property
@@ -354,8 +385,25 @@ class PrivacyConfig:
 
     @property
     def budget(self) -> float:
-        """ε each client may spend; infinite when only σ is given (tracked, not capped)."""
+        """ε each client may spend; infinite when only σ is given (tracked, not capped). For a
+        risk target, the ε at δ of the planned run at the σ calibrated to it, which depends on
+        the clients' rates and steps: the run's set-up records it (:meth:`resolve_budget`)."""
+        if self.target_tpr is not None:
+            resolved = self.__dict__.get("_resolved_budget")
+            if resolved is None:
+                raise ConfigError(
+                    "`privacy.target_tpr`: its ε budget depends on the clients' sampling rates "
+                    "and steps, not known here. Give `privacy.target_epsilon` instead (`dpfedlora "
+                    "calibrate --target-tpr T --at-fpr A` prints the ε that risk stands for)."
+                )
+            return resolved
         return math.inf if self.target_epsilon is None else float(self.target_epsilon)
+
+    def resolve_budget(self, epsilon: float) -> None:
+        """Record the ε budget a risk target stands for, once the plan is known
+        (:func:`dpfedlora.federation.planning.resolve_risk_budget`). Not a field: it is
+        derived, so it is neither hashed nor written to config.yaml."""
+        object.__setattr__(self, "_resolved_budget", float(epsilon))
 
 
 @dataclass(frozen=True)

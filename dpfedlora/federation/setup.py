@@ -30,6 +30,7 @@ from ..models.loss_positions import install_loss_positions
 from ..models.precision import float32_trainables
 from ..tasks import TASKS
 from .advice import shard_warnings
+from .planning import resolve_risk_budget
 
 __all__ = [
     "Setup", "ShardInfo", "build_setup", "adapt_model", "client_plans", "client_rate",
@@ -310,4 +311,11 @@ def build_setup(
     )
     for c in clients:
         c.trainer = setup.trainer
+    # a risk target's ε budget needs the clients' rates and steps: known from here on
+    resolve_risk_budget(
+        cfg.privacy,
+        rounds=cfg.server.rounds,
+        rates_and_steps=[(c.sampling_rate, c.steps) for c in clients],
+        init=method.init_event(cfg.privacy.private),
+    )
     return setup
