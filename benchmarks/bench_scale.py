@@ -4,9 +4,9 @@ The tiny config with N clients for 2 rounds, 2 local steps per client, one Poiss
 ``train.sampling_rate = 0.1`` (or, with ``--skew``, per-client rates from size-skewed shards
 and ``train.batch_size = 4``), DP at ε = 3 and non-private side by side, each run in a fresh
 process. Printed per run: wall seconds per round (the mean of the rounds' own timings), the
-share of the run's time spent in accounting (ledger checks and writes, ε queries, σ
-calibration), peak RSS and RSS per client, and the ``dpfedlora ledger`` replay time of the
-resulting ledger.
+share of the run's time spent in accounting (ledger checks and writes, ε and attack-risk
+queries, σ calibration), peak RSS and RSS per client, and the ``dpfedlora ledger`` replay time
+of the resulting ledger.
 
     .venv/bin/python benchmarks/bench_scale.py                  # 100 and 1,000 clients
     .venv/bin/python benchmarks/bench_scale.py --clients 10000 --modes dp
@@ -74,7 +74,7 @@ def one_run(clients: int, mode: str, skew: bool, out: str) -> dict:
     from dpfedlora.federation import Federation, server
 
     totals = {"accounting": 0.0}
-    for name in ("spend", "record", "max_epsilon", "epsilons"):
+    for name in ("spend", "record", "max_epsilon", "epsilons", "epsilon", "risk", "max_risk"):
         _timed(Ledger, name, totals)
     _timed(Federation, "plan_noise", totals)
     t0 = time.perf_counter()

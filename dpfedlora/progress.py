@@ -6,7 +6,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["progress_bar", "write_line", "fmt_bytes", "round_line"]
+__all__ = ["progress_bar", "write_line", "fmt_bytes", "round_line", "risk_note", "DISPLAY_FPR"]
+
+# the FPR whose attack TPR is shown beside ε (lines, report): 1 %, the middle of DEFAULT_FPRS
+DISPLAY_FPR = "0.01"
 
 
 def progress_bar(rounds: range, enabled: bool):
@@ -33,6 +36,13 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def risk_note(tpr_at_fpr: dict[str, float] | None) -> str:
+    """`` (TPR@1%FPR ≤ 0.081)``: the most a membership-inference attack can find at 1 % false
+    positives (federation.risk); empty where a row or summary predates risk."""
+    tpr = (tpr_at_fpr or {}).get(DISPLAY_FPR)
+    return "" if tpr is None else f" (TPR@1%FPR ≤ {tpr:.3f})"
+
+
 def round_line(row: dict[str, Any], total: int) -> str:
     parts = [
         f"round {row['round']}/{total}",
@@ -47,6 +57,9 @@ def round_line(row: dict[str, Any], total: int) -> str:
         if key in row:
             parts.append(f"{label} {row[key]:.3f}")
     eps = row["max_epsilon"]
-    parts.append("ε n/a (non-private)" if math.isinf(eps) else f"max ε {eps:.3f}")
+    if eps is None or math.isinf(eps):  # None: a row read back from JSON
+        parts.append("ε n/a (non-private)")
+    else:
+        parts.append(f"max ε {eps:.3f}" + risk_note(row.get("max_tpr_at_fpr")))
     parts.append(f"up {fmt_bytes(row['bytes_up'])} down {fmt_bytes(row['bytes_down'])}")
     return " | ".join(parts)

@@ -14,6 +14,7 @@ import json
 import math
 import signal
 
+from ..progress import risk_note
 from . import CLIError, add_overrides
 
 
@@ -149,7 +150,9 @@ def cmd_local(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
     eps = summary.get("max_epsilon")
-    privacy = f"max ε = {eps:.3f}" if summary.get("private") and eps is not None else "non-private"
+    privacy = "non-private"
+    if summary.get("private") and eps is not None:
+        privacy = f"max ε = {eps:.3f}" + risk_note((summary.get("risk") or {}).get("tpr_at_fpr"))
     final = ", ".join(f"{k} {v:.3f}" for k, v in summary["final"].items() if isinstance(v, float))
     print(
         f"done: {summary['rounds_completed']} rounds ({summary['stopped_reason']}) on "

@@ -39,6 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from ..config import load_config
     from ..federation.rundir import config_hash, json_safe
+    from ..progress import risk_note
 
     if not Path(args.config).is_file():
         raise CLIError(f"argument CONFIG: no such file: {args.config!r}.")
@@ -70,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         eps = summary["max_epsilon"]
         privacy = (
             f"max ε = {eps:.3f} at δ = {summary['delta']:g}"
+            + risk_note(summary.get("risk", {}).get("tpr_at_fpr"))
             if summary["private"]
             else "non-private"
         )

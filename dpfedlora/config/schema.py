@@ -1,6 +1,7 @@
 """The config schema: one typed, frozen tree, validated completely on construction.
 
-``Experiment(seed, model, data, method, privacy, train, server)``. YAML keys equal field names.
+``Experiment(seed, model, data, method, privacy, train, server, logging)``. YAML keys equal
+field names.
 Every option string and numeric range is checked in ``__post_init__``, so a config that exists
 is valid; loading, overrides and ``base:`` inheritance are in :mod:`dpfedlora.config.load`.
 Method-specific sections subclass :class:`MethodConfig` (:mod:`dpfedlora.config.methods`).
@@ -24,6 +25,7 @@ __all__ = [
     "PrivacyConfig",
     "TrainConfig",
     "ServerConfig",
+    "LoggingConfig",
     "MethodConfig",
     "Experiment",
     "check_choice",
@@ -52,6 +54,8 @@ DATA_POOLS = ("private", "public")
 CAUSAL_LM_LOSSES = ("response", "label_words")  # tasks.CAUSAL_LM_LOSSES
 OPTIMIZERS = ("sgd", "adamw")
 WEIGHTINGS = ("shard_size", "uniform")
+# experiment trackers: each a switch of LoggingConfig and a federation.callbacks.CALLBACKS name
+LOGGERS = ("tensorboard", "wandb", "mlflow")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -471,6 +475,29 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """Trackers a run writes to besides metrics.jsonl. Each is an optional extra; whether it is
+    installed is checked when a run starts, not here, so the config stays valid where it is
+    only read (accounting verbs, plans). Not part of the config hash: turning a tracker on or
+    off changes no result, so a run resumes with it changed."""
+
+    tensorboard: bool = False  # <run dir>/tensorboard (pip install 'dpfedlora[tensorboard]')
+    wandb: bool = False  # Weights & Biases; WANDB_MODE=offline keeps it local
+    mlflow: bool = False  # <run dir>/mlruns, or MLFLOW_TRACKING_URI
+
+    def __post_init__(self) -> None:
+        for key in LOGGERS:
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(
+                    f"`logging.{key}` must be true or false. Found {getattr(self, key)!r}."
+                )
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        return tuple(key for key in LOGGERS if getattr(self, key))
+
+
+@dataclass(frozen=True)
 class Experiment:
     seed: int = 0
     name: str = "run"
@@ -480,6 +507,7 @@ class Experiment:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
     def data_seed(self) -> int:

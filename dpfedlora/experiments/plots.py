@@ -48,9 +48,10 @@ def plot_run(history: list[dict[str, Any]], out: Path, *, title: str) -> list[Pa
     ax1.legend(fontsize=8)
     eps = [r.get("max_epsilon") for r in history]
     if all(e is not None and not math.isinf(e) for e in eps):
-        ax2.plot(rounds, eps, "-o", color="tab:red", ms=4)
-        ax2.set_title("max ε spent over clients (ledger)")
+        ax2.plot(rounds, eps, "-o", color="tab:red", ms=4, label="max ε")
+        ax2.set_title("max ε spent over clients (ledger), attack risk")
         ax2.set_ylabel("ε (at the run's δ)")
+        _plot_risk(ax2, history)
     else:
         ax2.text(0.5, 0.5, "non-private run: no ε", ha="center", va="center")
         ax2.set_title("privacy")
@@ -64,6 +65,27 @@ def plot_run(history: list[dict[str, Any]], out: Path, *, title: str) -> list[Pa
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
+
+
+def _plot_risk(ax, history: list[dict[str, Any]]) -> None:
+    """The worst client's membership-inference TPR bound at 1 % FPR per round, on a second
+    axis beside ε (rows written before risk was recorded have none: nothing drawn)."""
+    from ..progress import DISPLAY_FPR
+
+    pts = [
+        (r["round"], r["max_tpr_at_fpr"][DISPLAY_FPR])
+        for r in history
+        if DISPLAY_FPR in (r.get("max_tpr_at_fpr") or {})
+    ]
+    if not pts:
+        ax.legend(fontsize=8)
+        return
+    tw = ax.twinx()
+    tw.plot(*zip(*pts), "--s", color="tab:purple", ms=4, label="TPR at 1 % FPR (worst client)")
+    tw.set_ylabel("attack TPR at 1 % FPR (bound)")
+    tw.set_ylim(0.0, 1.0)
+    lines = ax.get_lines() + tw.get_lines()
+    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="upper left")
 
 
 def plot_label_histogram(hist: np.ndarray, out: Path, *, label_names: list[str]) -> Path:

@@ -2,7 +2,10 @@
 
 One row per cell and one per group of cells that differ only in ``seed`` (mean ± std). The
 spent ε of a cell is replayed from its own ledger (not copied from its summary), so the report
-shows what was actually recorded; every cell's spent ε must be at most its target.
+shows what was actually recorded; every cell's spent ε must be at most its target. So is the
+attack risk beside it: the worst client's bound on a membership-inference attack's TPR at 1 %
+FPR (federation.risk); a cell without a ledger falls back to its summary's ``risk``, else
+blank. Non-private cells: ε = inf and TPR 1 (no bound).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from typing import Any
 
 from accounting import Ledger
 
+from ..progress import DISPLAY_FPR
 from .sweep import RESUMABLE_STOPS
 
 __all__ = ["build_report", "write_report"]
 
 METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "loss", "perplexity")
+TPR = "tpr_at_1pct_fpr"  # the report's column: the worst client's attack TPR at 1 % FPR
 
 
 def _cell_row(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
@@ -39,10 +44,11 @@ def _cell_row(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
     cfg = yaml.safe_load((cell_dir / "config.yaml").read_text())
     private = cfg["privacy"]["mode"] != "none"
     target = cfg["privacy"]["target_epsilon"] if private else math.inf
-    spent = math.inf
+    spent, risk = math.inf, {TPR: 1.0}
     if private:
         ledger = Ledger(cell_dir / "ledger.jsonl", accountant=cfg["privacy"]["accountant"])
         spent = ledger.max_epsilon(delta=cfg["privacy"]["delta"])
+        risk = _risk(ledger, summary)
     planned, completed = summary.get("rounds_planned"), summary["rounds_completed"]
     missed, round_seconds = _round_facts(cell_dir / "metrics.jsonl")
     status = "done"
@@ -61,6 +67,7 @@ def _cell_row(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
         seed=cfg["seed"],
         target_epsilon=math.inf if target is None else float(target),
         spent_epsilon=spent,
+        **risk,
         bytes_up=summary["bytes_up"],
         bytes_down=summary["bytes_down"],
         rounds=summary["rounds_completed"],
@@ -69,6 +76,15 @@ def _cell_row(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
         **{m: summary["final"][m] for m in METRICS if m in summary["final"]},
     )
     return row
+
+
+def _risk(ledger: Ledger, summary: dict[str, Any]) -> dict[str, float]:
+    """The TPR column from the ledger, like ε; else from the summary (a cell whose ledger was
+    removed); else nothing (blank)."""
+    if ledger.path.exists():
+        return {TPR: ledger.max_risk().to_json()["tpr_at_fpr"][DISPLAY_FPR]}
+    tpr = (summary.get("risk") or {}).get("tpr_at_fpr", {}).get(DISPLAY_FPR)
+    return {} if tpr is None else {TPR: float(tpr)}
 
 
 def _round_facts(metrics: Path) -> tuple[int, float]:
@@ -108,7 +124,7 @@ def build_report(out: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, 
         for k in grid_keys:
             if k not in ("method.name", "privacy.target_epsilon", "privacy.mode"):
                 g[k] = members[0].get(k)
-        for m in (*METRICS, "spent_epsilon", "bytes_up", "round_seconds"):
+        for m in (*METRICS, "spent_epsilon", TPR, "bytes_up", "round_seconds"):
             vals = [r[m] for r in members if m in r and not math.isinf(float(r[m]))]
             if vals:
                 g[m] = statistics.fmean(vals)
@@ -130,6 +146,7 @@ def write_report(out: str | Path) -> dict[str, Any]:
         "seed",
         "target_epsilon",
         "spent_epsilon",
+        TPR,
         *[m for m in METRICS if any(m in r for r in rows)],
         "bytes_up",
         "bytes_down",
@@ -181,10 +198,12 @@ def _markdown(
 ) -> list[str]:
     """Per group over seeds (mean ± std), then one row per cell."""
     # "s in rounds": training and evaluation of every recorded round (set-up not included)
-    head = ["method", "target ε", "spent ε (ledger)", *metrics, "bytes up", "s in rounds"]
+    head = ["method", "target ε", "spent ε (ledger)", "TPR@1%FPR", *metrics, "bytes up"]
+    head += ["s in rounds"]
     md = ["| " + " | ".join([*head, "seeds"]) + " |", "|" + "---|" * (len(head) + 1)]
     for g in grouped:
         cells = [g["method"], _fmt(g["target_epsilon"]), _fmt(g.get("spent_epsilon"))]
+        cells += [_fmt(g.get(TPR, ""))]
         cells += [f"{g[m]:.3f} ± {g.get(m + '_std', 0.0):.3f}" if m in g else "" for m in metrics]
         cells += [f"{g.get('bytes_up', 0):.0f}", f"{g.get('round_seconds', math.nan):.0f}"]
         md.append("| " + " | ".join([*cells, str(g["seeds"])]) + " |")
@@ -195,7 +214,7 @@ def _markdown(
         if r.get("status") != "done":
             continue
         cells = [r["cell"], str(r.get("seed", "")), r["method"], _fmt(r["target_epsilon"])]
-        cells += [_fmt(r.get("spent_epsilon"))]
+        cells += [_fmt(r.get("spent_epsilon")), _fmt(r.get(TPR, ""))]
         cells += [f"{r[m]:.3f}" if m in r else "" for m in metrics]
         cells += [f"{r.get('bytes_up', 0):.0f}", f"{r.get('round_seconds', math.nan):.0f}"]
         md.append("| " + " | ".join(cells) + " |")
@@ -243,7 +262,9 @@ def _plots(grouped: list[dict[str, Any]], out: Path, metric: str, title: str = "
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    for kind, draw in (("epsilon", _draw_vs_epsilon), ("bytes", _draw_vs_bytes)):
+    for kind, draw in (
+        ("epsilon", _draw_vs_epsilon), ("tpr", _draw_vs_tpr), ("bytes", _draw_vs_bytes)
+    ):  # fmt: skip
         fig, ax = plt.subplots(figsize=(7.5, 4.2))
         draw(ax, grouped, metric)
         ax.set_ylabel(YLABELS.get(metric, metric.replace("_", " ")))
@@ -306,6 +327,34 @@ def _draw_vs_epsilon(ax, grouped: list[dict[str, Any]], metric: str) -> None:
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in finite] + (["non-private"] if has_inf else []))
     ax.set_xlabel("target ε per client (δ from the config); open markers: non-private")
+
+
+def _draw_vs_tpr(ax, grouped: list[dict[str, Any]], metric: str) -> None:
+    """Utility against the attack risk the ledger allows: one line per method over its target
+    ε (ordered by ε; x = the worst client's TPR bound at 1 % FPR, mean over seeds); non-private
+    (TPR 1, no bound) an open marker never joined to a line. The dotted line at x = 0.01 is
+    TPR = FPR: an attack no better than guessing."""
+    methods = sorted({g["method"] for g in grouped})
+    for i, method in enumerate(methods):
+        d, style = _dodge(i, len(methods)), dict(color=f"C{i}", marker=MARKERS[i % len(MARKERS)])
+        mine = sorted(
+            (g for g in grouped if g["method"] == method and TPR in g),
+            key=lambda g: g["target_epsilon"],
+        )
+        pts = [(g[TPR] * d, g) for g in mine if not math.isinf(g["target_epsilon"])]
+        if pts:
+            _errorbar(ax, pts, metric, linestyle="-", label=method, **style)
+        inf_pts = [(g[TPR] * d, g) for g in mine if math.isinf(g["target_epsilon"])]
+        if inf_pts:
+            _errorbar(ax, inf_pts, metric, linestyle="none", mfc="none",
+                      label=None if pts else method, **style)  # fmt: skip
+    ax.axvline(float(DISPLAY_FPR), color="0.6", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlim(float(DISPLAY_FPR) * 0.8, 1.25)
+    ax.set_xlabel(
+        "membership-inference TPR at 1 % FPR, worst client (ledger bound; log scale)\n"
+        "open markers: non-private (no bound); dotted: TPR = FPR (guessing)"
+    )
 
 
 def _draw_vs_bytes(ax, grouped: list[dict[str, Any]], metric: str) -> None:

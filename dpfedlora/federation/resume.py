@@ -16,6 +16,7 @@ from accounting import Ledger
 
 from ..config import Experiment, method_config_class, to_dict
 from ..errors import UserError
+from .rundir import UNHASHED
 
 __all__ = [
     "ResumeError",
@@ -94,4 +95,5 @@ def differences_from(old: dict[str, Any], cfg: Experiment) -> list[str]:
     """What ``cfg`` changes in a run that was started with the resolved config ``old``; keys
     added to the config since that run count only when ``cfg`` sets them off their default."""
     defaults = to_dict(Experiment(method=method_config_class(cfg.method.name)()))
-    return config_differences(old, to_dict(cfg), defaults)
+    new = {k: v for k, v in to_dict(cfg).items() if k not in UNHASHED}
+    return config_differences({k: v for k, v in old.items() if k not in UNHASHED}, new, defaults)

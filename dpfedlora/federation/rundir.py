@@ -20,7 +20,7 @@ from accounting.ledger import fsync_directory
 
 from ..config import Experiment, to_dict
 
-__all__ = ["RunDir", "config_hash", "json_safe"]
+__all__ = ["RunDir", "config_hash", "json_safe", "UNHASHED"]
 
 
 def json_safe(obj: Any) -> Any:
@@ -34,8 +34,14 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+# config sections that change no result: left out of the hash, so a run resumes with them
+# changed and a sweep finds its cells again (logging: trackers on or off)
+UNHASHED = ("logging",)
+
+
 def config_hash(cfg: Experiment) -> str:
-    text = json.dumps(to_dict(cfg), sort_keys=True)
+    data = {k: v for k, v in to_dict(cfg).items() if k not in UNHASHED}
+    text = json.dumps(data, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

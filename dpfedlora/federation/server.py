@@ -8,7 +8,8 @@ One round:
     (:mod:`.processes`) or anywhere else that takes a Broadcast and returns a Reply
   4 method.aggregate(replies) -> new global state (faulty replies are left out; their spend
     stays counted)
-  5 evaluate; log loss, metrics, max ε so far, bytes up/down
+  5 evaluate; log loss, metrics, ε and attack risk (TPR at FPR) per client so far, bytes
+    up/down (metrics.jsonl, the progress line and the logging callbacks)
   6 checkpoint the RunState atomically (the ledger is already durable)
 
 Every random draw comes from a generator derived from (seed, purpose, round, client), so a
@@ -42,8 +43,10 @@ from ..methods.base import ClientSpec, aggregation_gap
 from ..noise import derive_generator
 from ..progress import progress_bar, round_line, write_line
 from ..wire import Broadcast, Reply
-from .planning import plan_noise
+from .callbacks import Callback, CallbackList, check_available, make_callbacks
+from .planning import calibration_note, plan_noise
 from .resume import ResumeError, check_ledger, differences_from, ledger_pin
+from .risk import RiskView, privacy_fields
 from .rundir import RunDir, config_hash
 from .setup import Setup, build_setup
 from .state import RunState
@@ -128,7 +131,9 @@ class Federation:
         log: Callable[[str], None] = print,
         clients: Clients | None = None,
         setup: Setup | None = None,
+        callbacks: dict[str, Callback] | None = None,
     ):
+        check_available(cfg)  # a tracker switched on but not installed: before any set-up
         self.cfg = cfg
         self.dir = RunDir(out)
         self.log = log
@@ -137,6 +142,9 @@ class Federation:
         self.clients = self.setup.clients
         self.remote = clients or LocalClients(self.clients)
         self.ledger: Ledger | None = None
+        self.risk: RiskView | None = None
+        # the trackers cfg.logging enables are added when the run directory exists
+        self.callbacks = CallbackList(callbacks or {}, log=log)
 
     def run(
         self, *, resume: bool = False, progress: bool = True, until_round: int | None = None
@@ -181,8 +189,7 @@ class Federation:
                 # 5) evaluate and log
                 row = self._round_row(rnd, done, state, gap, time.perf_counter() - t0)
                 st.advance(rnd, state, row)
-                self.dir.append_metrics(row)
-                write_line(bar, progress, self.log, round_line(row, cfg.server.rounds))
+                self._log_round(row, bar, progress)
                 # 6) checkpoint, pinning the ledger it saw
                 st.save(self.dir, ledger_pin(self.ledger))
         if st.running and st.round < cfg.server.rounds:
@@ -190,9 +197,11 @@ class Federation:
         if st.running:  # a pause asked for after the last round would stop a later --resume
             self.dir.take_pause_request()
         self.remote.close()
-        return write_summary(
+        summary = write_summary(
             self.dir, cfg, self.setup, st, self.ledger, time.perf_counter() - t_run
         )
+        self.callbacks.on_run_end(summary)
+        return summary
 
     # ------------------------------------------------------------------ start
     def _begin(self, resume: bool) -> RunState:
@@ -209,6 +218,10 @@ class Federation:
         if p.diagnostics:
             self._write_histogram()
         self.ledger = Ledger(self.dir.ledger, accountant=p.accountant) if p.private else None
+        self.risk = RiskView(self.ledger, delta=p.delta) if self.ledger is not None else None
+        for name, cb in make_callbacks(cfg, self.dir.path).items():
+            self.callbacks.add(name, cb)
+        self.callbacks.on_run_start(cfg)
         for c in self.clients:
             c.budget = Budget(self.ledger, p.budget, p.delta) if self.ledger is not None else None
         if ckpt is not None:
@@ -272,11 +285,7 @@ class Federation:
             self.log(f"warning: {line}")
         if not p.private:
             return
-        how = (
-            "given"
-            if p.noise_multiplier is not None
-            else f"calibrated to ε = {p.target_epsilon:g} over {cfg.server.rounds} rounds"
-        )
+        how = calibration_note(p, rounds=cfg.server.rounds)  # given, or to ε, or to attack risk
         qs = [c.sampling_rate for c in self.clients]
         self.log(
             f"DP: σ = {sigma:.4f} ({how}), C = {p.clip_norm}, δ = {p.delta:g}, "
@@ -341,7 +350,6 @@ class Federation:
     def _round_row(self, rnd: int, done: _Round, state: Tensors, gap: float, seconds: float):
         p = self.cfg.privacy
         metrics = self.evaluate(state)
-        max_eps = self.ledger.max_epsilon(delta=p.delta) if self.ledger is not None else 0.0
         # a node releases its loss only if its owner allows it (outside DP)
         losses = [r.metrics["loss"] for r, _, _ in done.good if "loss" in r.metrics]
         return {
@@ -351,12 +359,19 @@ class Federation:
             "faulty": [f["cid"] for f in done.faulty],
             "train_loss": float(np.nanmean(losses)) if p.diagnostics and losses else math.nan,
             **{f"eval_{k}": v for k, v in metrics.items()},
-            "max_epsilon": max_eps if p.private else math.inf,
+            # max ε, ε and TPR at each FPR for every client (risk.py; non-private: ∞ and 1)
+            **privacy_fields(self.risk, [c.spec.cid for c in self.clients]),
             "aggregation_gap": gap,
             "bytes_up": done.up,
             "bytes_down": done.down,
             "seconds": seconds,
         }
+
+    def _log_round(self, row: dict[str, Any], bar, progress: bool) -> None:
+        """Step 5's outputs: metrics.jsonl (durable first), the progress line, the trackers."""
+        self.dir.append_metrics(row)
+        write_line(bar, progress, self.log, round_line(row, self.cfg.server.rounds))
+        self.callbacks.on_round(row)
 
     def evaluate(self, state: Tensors) -> dict[str, float]:
         """The global model's held-out metrics (step 5)."""

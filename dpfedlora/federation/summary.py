@@ -12,6 +12,7 @@ from accounting import Ledger
 
 from ..config import Experiment, PrivacyConfig
 from ..noise import noise_source_name
+from .risk import summary_risk
 from .rundir import RunDir
 from .setup import Setup
 from .state import RunState
@@ -34,6 +35,8 @@ def _privacy(p: PrivacyConfig, ledger: Ledger | None, sigma: float) -> dict[str,
         "private": p.private,
         "max_epsilon": max(eps.values(), default=0.0) if p.private else math.inf,
         "epsilon_per_client": eps,
+        # membership-inference risk: per FPR the worst client's TPR bound, and each client's
+        **summary_risk(ledger, p.private),
         "target_epsilon": p.target_epsilon if p.private else None,
         "delta": p.delta,
         "accountant": p.accountant,
