@@ -3,11 +3,14 @@
 An accountant collects events with ``compose`` and answers ``epsilon(delta)`` (always an upper
 bound) and ``delta(epsilon)``. Backends implement only two functions over
 :class:`~accounting.events.Component` blocks; the base class handles validation, non-private
-releases and clamping (RDP and PRV can return tiny negative ε, which is meaningless).
+releases, clamping (RDP and PRV can return tiny negative ε, which is meaningless) and, for the
+tight backends, the minimum with the RDP bound (both are upper bounds; the label says which
+answered).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
@@ -23,6 +26,8 @@ __all__ = [
     "LARGE_EPSILON",
     "MAX_DELTA",
 ]
+
+_log = logging.getLogger(__name__)
 
 # Above this RDP bound the tight backends' work grows with ε without useful limit (measured:
 # prv-accountant, falling back to PLD, takes 13 s and 0.7 GB at an RDP bound of 574, 30 s and
@@ -81,12 +86,21 @@ class Accountant(ABC):
     def __init__(self) -> None:
         self._events: list[tuple[Event, int]] = []
         self._answered: str | None = None
+        self._answered_delta: str | None = None
 
     @property
     def answered_by(self) -> str:
-        """The backend that gave the last answer (differs from ``name`` after a fallback, or
-        when the RDP bound answered a query too large for this backend)."""
+        """The backend that gave the last ε answer (differs from ``name`` after a fallback, or
+        when the RDP bound answered: a query too large for this backend, or a smaller bound).
+        :meth:`delta` keeps its own label, :attr:`delta_answered_by`, so that reading the
+        privacy profile after ε (as attack-risk bounds do) leaves this one as it was."""
         return self._answered or self.name
+
+    @property
+    def delta_answered_by(self) -> str:
+        """The backend that gave the last δ answer (``name``, or "rdp" when its bound was
+        the smaller)."""
+        return self._answered_delta or self.name
 
     def compose(self, event: Event, count: int = 1) -> Accountant:
         """Add ``count`` sequential applications of ``event``. Returns self (chainable)."""
@@ -111,7 +125,9 @@ class Accountant(ABC):
         """Upper bound on ε at ``delta`` for everything composed so far (0 if nothing).
 
         ``delta`` must be below :data:`MAX_DELTA`: larger values guarantee nothing. The
-        privacy profile at large δ is :meth:`delta` (ε -> δ), which takes any ε."""
+        privacy profile at large δ is :meth:`delta` (ε -> δ), which takes any ε. A tight
+        backend answers with the smaller of its bound and the RDP bound (both are upper
+        bounds); :attr:`answered_by` says which."""
         check_target_delta(delta)
         comps = self.components
         if any(c.non_private for c in comps):
@@ -119,24 +135,59 @@ class Accountant(ABC):
         if not comps:
             return 0.0
         self._answered = None
-        if self.name != "rdp":
-            from .history import history_of, rdp_epsilon
+        if self.name == "rdp":
+            return max(float(self._epsilon(comps, delta)), 0.0)
+        from .history import history_of, rdp_epsilon
 
-            bound = rdp_epsilon(history_of(comps), delta)
-            if bound > LARGE_EPSILON:
-                self._answered = "rdp"
-                return bound
-        return max(float(self._epsilon(comps, delta)), 0.0)
+        bound = rdp_epsilon(history_of(comps), delta)
+        if bound > LARGE_EPSILON:
+            self._answered = "rdp"
+            return bound
+        return self._smaller(max(float(self._epsilon(comps, delta)), 0.0), bound, "ε")
 
     def delta(self, epsilon: float) -> float:
-        """Upper bound on δ at ``epsilon`` for everything composed so far."""
+        """Upper bound on δ at ``epsilon`` for everything composed so far: for a tight backend
+        the smaller of its bound and the RDP bound, like :meth:`epsilon`."""
         check_epsilon(epsilon)
         comps = self.components
         if any(c.non_private for c in comps):
             return 1.0
         if not comps:
             return 0.0
-        return min(max(float(self._delta(comps, epsilon)), 0.0), 1.0)
+        self._answered_delta = None
+        label = self._answered  # the ε label is not this query's
+        tight = max(float(self._delta(comps, epsilon)), 0.0)  # inf: the backend declined
+        if self.name == "rdp":
+            return min(tight, 1.0)
+        from .history import history_of, rdp_delta
+
+        rdp = rdp_delta(history_of(comps), epsilon)
+        if min(tight, 1.0) > rdp:
+            self._warn_above_rdp(tight, rdp, "δ")
+            self._answered_delta = "rdp"
+        elif self._answered != label:  # a fallback inside the backend (prv -> pld)
+            self._answered_delta = self._answered
+        self._answered = label
+        return min(tight, 1.0, rdp)
+
+    def _smaller(self, tight: float, rdp: float, what: str) -> float:
+        """min(tight, rdp) for ε, labelled."""
+        if tight <= rdp:
+            return tight
+        self._warn_above_rdp(tight, rdp, what)
+        self._answered = "rdp"
+        return rdp
+
+    def _warn_above_rdp(self, tight: float, rdp: float, what: str) -> None:
+        """A finite tight bound above RDP's means the tight backend's numerics were poor here
+        (RDP is never below the exact value): logged. An infinite one is a deliberate
+        fallback (no grid fits), not logged."""
+        if math.isfinite(tight) and tight > rdp * (1.0 + 1e-6) + 1e-12:
+            _log.warning(
+                "%s %s = %.6g is above the RDP bound %.6g; answering with RDP (a numerical "
+                "limitation of the tight backend here).",
+                self.name, what, tight, rdp,
+            )  # fmt: skip
 
     @abstractmethod
     def _epsilon(self, components: list[Component], delta: float) -> float: ...

@@ -6,6 +6,10 @@ design): probes never share or mutate state, so a probe cannot leak into the nex
 Guarantee: the returned σ satisfies ``epsilon(σ) <= target_epsilon`` as evaluated by the same
 backend (checked explicitly before returning), and ``epsilon(σ) >= target - tolerance`` where
 tolerance = max(rtol * target, atol), i.e. within 1 % of the target or 0.01 absolute.
+
+Each probe's ε is the accountant's answer, so for a tight backend the smaller of its bound and
+the RDP bound (:meth:`Accountant.epsilon`); ``Calibration.accountant`` names the one that
+answered at the returned σ.
 """
 
 from __future__ import annotations
@@ -83,13 +87,17 @@ def noise_multiplier_for(
         )
     check_target_delta(delta)
     probes = 0
+    answered: dict[float, str] = {}  # σ -> the bound that answered (RDP when it was smaller)
 
     def eps(sigma: float) -> float:
         nonlocal probes
         probes += 1
         if accountant == _CLOSED_FORM_RDP:
             return _closed_form_rdp(make_event(sigma), delta)
-        return make_accountant(accountant).compose(make_event(sigma)).epsilon(delta)
+        acc = make_accountant(accountant).compose(make_event(sigma))
+        value = acc.epsilon(delta)
+        answered[sigma] = acc.answered_by
+        return value
 
     tol = max(rtol * target_epsilon, atol)
     # 1) Bracket: lo violates the target, hi meets it. Start from the RDP answer when the backend
@@ -105,47 +113,62 @@ def noise_multiplier_for(
             rtol=rtol,
             atol=atol,
         ).noise_multiplier
+    lo, e_lo, hi, e_hi = _bracket(eps, start, target_epsilon, delta)
+    if lo >= _MIN_SIGMA:
+        hi, e_hi = _shrink(eps, (lo, e_lo, hi, e_hi), target_epsilon, tol)
+    if e_hi > target_epsilon:  # pragma: no cover - invariant of the loops
+        raise CalibrationError("internal error: calibration overshot the target.")
+    return Calibration(hi, e_hi, target_epsilon, delta, answered.get(hi, accountant), probes)
+
+
+def _bracket(eps: Callable[[float], float], start: float, target: float,
+             delta: float) -> tuple[float, float, float, float]:  # fmt: skip
+    """(lo, ε(lo), hi, ε(hi)) with ε(lo) > target ≥ ε(hi); lo below the smallest σ (and ε(lo)
+    not evaluated) when even that meets the target."""
     hi, e_hi = start, eps(start)
-    if e_hi <= target_epsilon:
+    if e_hi <= target:
         lo = hi
         while True:
             lo /= 1.25 if start != 1.0 else 2.0
             if lo < _MIN_SIGMA:
-                return Calibration(hi, e_hi, target_epsilon, delta, accountant, probes)
+                return lo, math.inf, hi, e_hi
             e_lo = eps(lo)
-            if e_lo > target_epsilon:
-                break
+            if e_lo > target:
+                return lo, e_lo, hi, e_hi
             hi, e_hi = lo, e_lo
-    else:
+    lo, e_lo = hi, e_hi
+    while e_hi > target:
         lo, e_lo = hi, e_hi
-        while e_hi > target_epsilon:
-            lo, e_lo = hi, e_hi
-            hi *= 2
-            if hi > _MAX_SIGMA:
-                raise CalibrationError(
-                    f"no noise multiplier up to {_MAX_SIGMA:g} reaches target_epsilon="
-                    f"{target_epsilon} at delta={delta}. Raise the target, lower the sampling "
-                    "rate, or plan fewer steps."
-                )
-            e_hi = eps(hi)
-    # 2) Shrink the bracket: interpolate log σ against log ε (ε is close to a power law in σ),
-    #    aiming just inside the tolerance band, and fall back to bisection when interpolation
-    #    would not shrink the bracket enough. Stop once hi is within tolerance of the target.
-    aim = target_epsilon - tol / 2
-    while target_epsilon - e_hi > tol and hi / lo > 1 + 1e-9:
+        hi *= 2
+        if hi > _MAX_SIGMA:
+            raise CalibrationError(
+                f"no noise multiplier up to {_MAX_SIGMA:g} reaches target_epsilon="
+                f"{target} at delta={delta}. Raise the target, lower the sampling "
+                "rate, or plan fewer steps."
+            )
+        e_hi = eps(hi)
+    return lo, e_lo, hi, e_hi
+
+
+def _shrink(eps: Callable[[float], float], bracket: tuple[float, float, float, float],
+            target: float, tol: float) -> tuple[float, float]:  # fmt: skip
+    """Shrink the bracket: interpolate log σ against log ε (ε is close to a power law in σ),
+    aiming just inside the tolerance band, and fall back to bisection when interpolation would
+    not shrink the bracket enough. Stop once hi is within tolerance of the target."""
+    lo, e_lo, hi, e_hi = bracket
+    aim = target - tol / 2
+    while target - e_hi > tol and hi / lo > 1 + 1e-9:
         mid = math.sqrt(lo * hi)
         if math.isfinite(e_lo) and e_lo > 0 and e_hi > 0 and e_lo != e_hi:
             frac = (math.log(aim) - math.log(e_lo)) / (math.log(e_hi) - math.log(e_lo))
             if 0.05 < frac < 0.95:
                 mid = math.exp(math.log(lo) + frac * (math.log(hi) - math.log(lo)))
         e_mid = eps(mid)
-        if e_mid <= target_epsilon:
+        if e_mid <= target:
             hi, e_hi = mid, e_mid
         else:
             lo, e_lo = mid, e_mid
-    if e_hi > target_epsilon:  # pragma: no cover - invariant of the loop above
-        raise CalibrationError("internal error: calibration overshot the target.")
-    return Calibration(hi, e_hi, target_epsilon, delta, accountant, probes)
+    return hi, e_hi
 
 
 def calibrate_dpsgd(

@@ -36,6 +36,7 @@ __all__ = [
     "extend",
     "rdp_curve",
     "rdp_epsilon",
+    "rdp_delta",
     "tight_epsilon",
     "Bound",
     "best_bound",
@@ -121,6 +122,19 @@ def rdp_epsilon(history: History, delta: float) -> float:
     return _to_epsilon(rdp_curve(history), delta)
 
 
+@lru_cache(maxsize=1 << 16)
+def rdp_delta(history: History, epsilon: float) -> float:
+    """RDP upper bound on δ at ε: the conversion of :func:`_to_epsilon` solved for δ,
+    δ = min_α exp((α − 1)·(r(α) − ε + log1p(−1/α)) − log α), at most 1."""
+    if not history:
+        return 0.0
+    if non_private(history):
+        return 1.0
+    a = ORDERS
+    log_d = (a - 1.0) * (rdp_curve(history) - epsilon + np.log1p(-1.0 / a)) - np.log(a)
+    return float(min(1.0, math.exp(min(float(np.min(log_d)), 0.0))))
+
+
 class Bound:
     """An upper bound on ε and the backend that gave it."""
 
@@ -188,6 +202,7 @@ def clear_caches() -> None:
     step_pld.cache_clear()
     _TIGHT.clear()
     rdp_epsilon.cache_clear()
+    rdp_delta.cache_clear()
     _step_curve.cache_clear()
 
 

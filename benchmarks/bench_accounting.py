@@ -7,13 +7,22 @@ query (imports are done beforehand).
 
     .venv/bin/python benchmarks/bench_accounting.py
     .venv/bin/python benchmarks/bench_accounting.py --pld-intervals   # PLD discretisation
+    .venv/bin/python benchmarks/bench_accounting.py --fastpld         # fastpld: seconds, memory
+
+``--fastpld`` runs each query in its own process (cold caches, imports done first) and prints
+a table of ε, the median of 3 timings, the peak memory numpy allocated during the query
+(tracemalloc) and the process's peak resident memory.
 """
 
 from __future__ import annotations
 
+import json
+import resource
 import statistics
+import subprocess
 import sys
 import time
+import tracemalloc
 
 from accounting import Composed, dpsgd_event, make_accountant
 from accounting.history import clear_caches
@@ -42,6 +51,12 @@ def history() -> Composed:
 def main(repeats: int = 3) -> None:
     if "--pld-intervals" in sys.argv:
         pld_intervals()
+        return
+    if "--fastpld-case" in sys.argv:
+        _fastpld_case(int(sys.argv[sys.argv.index("--fastpld-case") + 1]), repeats)
+        return
+    if "--fastpld" in sys.argv:
+        fastpld_table()
         return
     for label, event in (("2 blocks", two_blocks()), ("20 blocks", history())):
         _time(label, event, repeats)
@@ -83,6 +98,64 @@ def pld_intervals() -> None:
         eps = make_accountant("fastpld").compose(event).epsilon(1e-5)
         row.append(f"fastpld (default 2e-4): {100 * (eps - ref) / ref:+.3f} %")
         print(f"{label}: ε = {ref:.4f} at 1e-4; " + ", ".join(row))
+
+
+def _fastpld_cases() -> list[tuple[str, object, float]]:
+    def dpsgd(sigma: float, q: float, steps: int):
+        return dpsgd_event(noise_multiplier=sigma, sampling_rate=q, steps=steps)
+
+    return [
+        ("20 blocks, 10,000 steps", history(), 1e-5),
+        ("2 blocks, 10,000 steps", two_blocks(), 1e-5),
+        ("q 0.01, σ 1, 1,000 steps", dpsgd(1.0, 0.01, 1_000), 1e-10),
+        ("q 1e-3, σ 1, 1,000,000 steps", dpsgd(1.0, 1e-3, 1_000_000), 1e-10),
+        ("q 1e-5, σ 1, 100,000 steps", dpsgd(1.0, 1e-5, 100_000), 1e-5),
+        ("q 1e-4, σ 0.8, 100,000 steps", dpsgd(0.8, 1e-4, 100_000), 1e-5),
+        ("q 1e-5, σ 0.5, 1,000,000 steps", dpsgd(0.5, 1e-5, 1_000_000), 1e-5),
+        ("calibrate ε 4: q 0.01, 1,000 steps", None, 1e-10),
+    ]
+
+
+def _fastpld_case(index: int, repeats: int) -> None:
+    """One row of :func:`fastpld_table`, as JSON on stdout (run in a fresh process)."""
+    from accounting import calibrate_dpsgd
+
+    label, event, delta = _fastpld_cases()[index]
+
+    def query() -> float:
+        if event is None:
+            cal = calibrate_dpsgd(target_epsilon=4.0, delta=delta, sampling_rate=0.01,
+                                  steps=1_000)  # fmt: skip
+            return cal.noise_multiplier
+        return make_accountant().compose(event).epsilon(delta)
+
+    make_accountant()
+    times = []
+    for _ in range(repeats):
+        clear_caches()
+        t0 = time.perf_counter()
+        value = query()
+        times.append(time.perf_counter() - t0)
+    clear_caches()
+    tracemalloc.start()
+    query()
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps([label, delta, value, times, peak, rss]))
+
+
+def fastpld_table() -> None:
+    print("| query | δ | ε (σ: calibrate) | median s (min–max) | query peak MB | process RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for index in range(len(_fastpld_cases())):
+        out = subprocess.run([sys.executable, __file__, "--fastpld-case", str(index)],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        label, delta, value, times, peak, rss = json.loads(out.stdout.splitlines()[-1])
+        print(
+            f"| {label} | {delta:g} | {value:.6g} | {statistics.median(times):.3f} "
+            f"({min(times):.3f}–{max(times):.3f}) | {peak:.0f} | {rss:.0f} |"
+        )
 
 
 def _time(label: str, event: Composed, repeats: int) -> None:
