@@ -4,8 +4,8 @@ The owners run in their own processes (:class:`ProcessClients`, the same
 :class:`~dpfedlora.client.node.Node` a Flower SuperNode's worker runs). The server asks for
 releases outside the owner's contract or budget; every one must be refused with its reason
 code, leave the owner's ledger byte-identical, and read no record (the node's own log counts
-the records each request read). The loopback Flower version is in
-``test_curious_flower.py`` (slow).
+the records each request read). The last test plays the same server on a real loopback
+Flower federation (slow: ``make test-slow``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from dpfedlora.client.contract import REASONS, OwnerContract
 from dpfedlora.config import to_dict
 from dpfedlora.federation.processes import ProcessClients
 from dpfedlora.wire import Broadcast, Reply
-from tests.helpers import tiny_cfg, tiny_setup
+from tests.helpers import TINY, tiny_cfg, tiny_setup
 
 # the owners' contract: what tiny.yaml asks for, and no more
 CONTRACT = OwnerContract(epsilon_budget=3.0, delta=1e-5, max_clip_norm=1.0,
@@ -259,3 +260,51 @@ def test_flexlora_may_restore_its_base_weights_but_never_change_them(tmp_path):
     assert not (tmp_path / "ledger.jsonl").exists()
     reply = node.train(cfg_data, Broadcast(1, "0", view, 5.0).to_bytes())
     assert reply.status == "ok", reply.error
+
+
+# ---------------------------------------------------------------- on Flower (slow)
+NODE_CONTRACT = {"epsilon-budget": 3.0, "delta": 1e-5, "max-clip-norm": 1.0,
+            "accountant": "fastpld", "allow-non-private": False}  # fmt: skip
+
+
+def _node_log(deployment: Path, i: int) -> list[dict]:
+    path = deployment / "nodes" / f"node-{i}" / "node.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _ledger(deployment: Path, i: int) -> bytes:
+    path = deployment / "nodes" / f"node-{i}" / "ledger.jsonl"
+    return path.read_bytes() if path.exists() else b""
+
+
+@pytest.mark.slow
+def test_real_nodes_refuse_what_their_owners_did_not_agree_to(tmp_path):
+    """The same curious server on a real loopback Flower federation (a SuperLink, two
+    SuperNodes and their workers): the owners' contracts are in their node configs."""
+    pytest.importorskip("flwr")
+    from dpfedlora.deploy.local import DeployLaunchError, LocalFederation
+
+    deployment = tmp_path / "deployment"
+    contracts = {0: NODE_CONTRACT, 1: NODE_CONTRACT}
+    with LocalFederation(deployment, 2, 4, log=lambda _line: None, contracts=contracts) as fed:
+        # outside the contract: refused at describe, before any shard is built or read
+        for n, (override, code) in enumerate(
+            [
+                ("privacy.mode=none", "contract:non_private"),
+                ("privacy.clip_norm=5.0", "contract:clip_norm"),
+            ]  # fmt: skip
+        ):
+            with pytest.raises(DeployLaunchError, match=code):
+                fed.run(TINY, tmp_path / f"attack-{n}", overrides=[override], node_wait=120)
+            for i in range(2):
+                last = _node_log(deployment, i)[-1]
+                assert (last["action"], last["reason"]) == ("describe", code)
+                assert _ledger(deployment, i) == b""
+        # within the contract's mechanism but beyond the owners' budget: every round refused
+        summary = fed.run(TINY, tmp_path / "greedy", overrides=["privacy.target_epsilon=60"])
+    # every owner refused round 1, so nothing was trained and the server stopped
+    assert summary["stopped_reason"] == "budget_exhausted" and summary["rounds_completed"] == 0
+    for i in range(2):
+        trains = [e for e in _node_log(deployment, i) if e["action"] == "train"]
+        assert trains and all(e["reason"] == "budget" and e["records_read"] == 0 for e in trains)
+        assert _ledger(deployment, i) == b""
