@@ -23,6 +23,10 @@ __all__ = ["write_summary", "privacy_title"]
 def privacy_title(p: PrivacyConfig, sigma: float) -> str:
     if not p.private:
         return "non-private"
+    if p.target_tpr is not None:  # calibrated to attack risk; its ε at δ is the budget
+        return (
+            f"TPR ≤ {p.target_tpr:g} at FPR {p.target_fpr:g} (ε ≤ {p.budget:.3g}), δ = {p.delta:g}"
+        )
     if p.target_epsilon is None:  # σ given, no budget: ε is whatever the ledger says
         return f"σ = {sigma:.3g}, δ = {p.delta:g}"
     return f"ε ≤ {p.target_epsilon:g}, δ = {p.delta:g}"
@@ -38,6 +42,10 @@ def _privacy(p: PrivacyConfig, ledger: Ledger | None, sigma: float) -> dict[str,
         # membership-inference risk: per FPR the worst client's TPR bound, and each client's
         **summary_risk(ledger, p.private),
         "target_epsilon": p.target_epsilon if p.private else None,
+        # a run calibrated to attack risk: the target, and the ε budget it stands for at δ
+        "target_tpr": p.target_tpr if p.private else None,
+        "target_fpr": p.target_fpr if p.private else None,
+        "budget": p.budget if p.private and p.budget < math.inf else None,
         "delta": p.delta,
         "accountant": p.accountant,
         # the backends that really answered (a PRV failure falls back to PLD)

@@ -3,25 +3,13 @@ target for every client, and the ledger enforces the ε budget that σ stands fo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from accounting import BudgetExceededError, Ledger, dpsgd_event
-from dpfedlora.federation import run, server
+from dpfedlora.federation import run
 from tests.helpers import tiny_cfg
 
-# Until federation/server.py announces σ with planning.calibration_note, its start line formats
-# privacy.target_epsilon, which a risk target leaves unset (a TypeError): expected to fail then.
-_ANNOUNCES = "calibration_note" in Path(server.__file__).read_text(encoding="utf-8")
 
-
-@pytest.mark.xfail(
-    not _ANNOUNCES,
-    raises=TypeError,
-    strict=True,
-    reason="server.py's start line needs `how = calibration_note(p, rounds=cfg.server.rounds)`",
-)
 def test_a_tiny_run_calibrated_to_risk(tmp_path):
     cfg = tiny_cfg("server.rounds=1", "train.local_steps=2", "privacy.target_tpr=0.2",
                    "privacy.target_fpr=0.01")  # fmt: skip
@@ -35,6 +23,7 @@ def test_a_tiny_run_calibrated_to_risk(tmp_path):
     # the budget is the ε that σ gives at δ over the planned run: every client spent it exactly
     budget = cfg.privacy.budget
     assert max(summary["epsilon_per_client"].values()) == budget
+    assert (summary["target_tpr"], summary["target_fpr"], summary["budget"]) == (0.2, 0.01, budget)
     # and the ledger enforces it: one more round of the same releases is refused
     client = ledger.clients[0]
     with pytest.raises(BudgetExceededError):
