@@ -71,6 +71,10 @@ class Client:
         if self.trainer.private and self.budget is None:
             # every use of private data is recorded first: no ledger, no training
             raise RuntimeError(f"client {cid} trains privately but holds no budget (ledger).")
+        # the broadcast may set only the method's tensors (checked before anything is spent)
+        problem = self.trainer.refuse_load(broadcast.tensors)
+        if problem is not None:
+            return Reply(rnd, cid, "skipped", error=problem[0])
         event = None
         if self.budget is not None:
             event = self.planned_event(broadcast.noise_multiplier)

@@ -32,7 +32,7 @@ from typing import Any
 
 from .contract import OwnerContract, Refusal
 
-__all__ = ["Node", "ReadCounter", "check_broadcast", "refused", "failed"]
+__all__ = ["Node", "ReadCounter", "refused", "failed"]
 
 
 class ReadCounter:
@@ -71,17 +71,6 @@ def failed(round_idx: int, cid: str, event=None):
     return Reply(round_idx, cid, "failed", event=event, error="failed:internal")
 
 
-def check_broadcast(broadcast, trainer) -> Refusal | None:
-    """Only tensors the method manages, each with the shared model's shape and dtype, finite;
-    a frozen tensor only at its original value (:meth:`Trainer.refuse_load`)."""
-    problem = trainer.refuse_load(broadcast.tensors)
-    if problem is None:
-        return None
-    reason, name = problem
-    t = broadcast.tensors[name]
-    return Refusal(reason, {"name": name, "shape": list(t.shape), "dtype": str(t.dtype)})
-
-
 class Node:
     """One data owner's requests: contract, broadcast and budget checks, then training.
 
@@ -105,7 +94,6 @@ class Node:
         self._build = build
         self._key: str | None = None
         self._clients: dict[str, Any] = {}
-        self._trainer = None
         self.print = log or (lambda line: print(line, file=sys.stderr, flush=True))
 
     # ------------------------------------------------------------ the owner's log
@@ -152,7 +140,6 @@ class Node:
             client.release = contract.release
             if cfg.privacy.private:
                 client.budget = Budget(ledger, contract.epsilon_budget, contract.delta)
-        self._trainer = next(iter(clients.values())).trainer
         self._key, self._clients = key, clients
         return clients
 
@@ -205,12 +192,11 @@ class Node:
             clients = self._clients_for(cfg, contract)
             if cid not in clients:
                 refusal = Refusal("unknown_client", {"held": sorted(clients)})
-            else:
-                refusal = check_broadcast(broadcast, self._trainer)
         if refusal is not None:
             entry.update(status="refused", reason=refusal.reason, values=refusal.values)
             return refused(rnd, cid, refusal)
-        # the budget check and the write-ahead record in the owner's ledger come first
+        # the broadcast check (Trainer.refuse_load), then the budget check and the write-ahead
+        # record in the owner's ledger, come first
         reply = clients[cid].train(broadcast)
         if reply.status == "skipped":
             entry.update(status="refused", reason=reply.error, values=reply.metrics)
@@ -254,11 +240,12 @@ class Node:
         from ..noise import make_noise_source
 
         event = Gaussian(noise_multiplier=contract.label_noise)
-        if client.budget is not None:
-            try:
-                client.budget.spend(client.spec.cid, 0, "describe", event)
-            except BudgetExceededError:
-                return None
+        if client.budget is None:
+            return None  # a release no ledger records never happens (a non-private request)
+        try:
+            client.budget.spend(client.spec.cid, 0, "describe", event)
+        except BudgetExceededError:
+            return None
         width = max(cfg.model.num_labels, 2)
         counts = np.bincount(client.data.class_labels, minlength=width).astype(np.float64)
         source = make_noise_source(contract.noise == "secure" or cfg.privacy.secure_mode,

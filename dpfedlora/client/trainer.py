@@ -205,11 +205,6 @@ class Trainer:
     ) -> LocalResult:
         """``shard.steps`` DP-SGD steps from ``received`` on the method's trainable tensors."""
         cfg, method = self.cfg, self.method
-        problem = self.refuse_load(received)
-        if problem is not None:
-            raise ValueError(
-                f"the broadcast sets {problem[1]!r}, which the method does not manage."
-            )
         self.load(received)
         self.set_scaling(method.scaling(shard.spec))
         names = method.trainable_names(round_idx)

@@ -303,3 +303,13 @@ def test_an_owner_may_release_a_noised_label_histogram_spent_first(tmp_path):
     (rec,) = _records(tmp_path / "ledger.jsonl")
     assert rec["client"] == "1" and rec["scope"] == "describe"
     assert Ledger(tmp_path / "ledger.jsonl").records[0].event == Gaussian(noise_multiplier=20.0)
+
+
+def test_no_label_histogram_leaves_without_a_ledger_to_record_it(tmp_path):
+    """A non-private request the owner allows keeps no ledger: the noised histogram, which
+    the ledger could not record, is not released."""
+    cfg = tiny_cfg("privacy.mode=none")
+    node = {"partition-id": 1, "state-dir": str(tmp_path), "noise": "config", "label-noise": 20.0}
+    answer, _ = Worker(tmp_path).handle(*_request(cfg, node, "describe"))
+    assert answer["info"]["shards"] == [{"cid": "1", "num_examples": 240}]
+    assert not (tmp_path / "ledger.jsonl").exists()
